@@ -1,0 +1,1 @@
+//! Shared helpers for the benchmarks live in `benches/`; this library is intentionally empty.

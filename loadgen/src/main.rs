@@ -1,0 +1,9 @@
+//! Load generator and scenario checks for NowConnect deployments.
+//!
+//! Only the protocol core exists so far; this binary says so instead of pretending to run.
+#![forbid(unsafe_code)]
+
+fn main() -> std::process::ExitCode {
+    eprintln!("nowconnect-loadgen: not implemented yet (only nowconnect-core exists in this release)");
+    std::process::ExitCode::FAILURE
+}
