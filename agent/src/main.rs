@@ -4,6 +4,8 @@
 #![forbid(unsafe_code)]
 
 fn main() -> std::process::ExitCode {
-    eprintln!("nowconnect-agent: not implemented yet (only nowconnect-core exists in this release)");
+    eprintln!(
+        "nowconnect-agent: not implemented yet (only nowconnect-core exists in this release)"
+    );
     std::process::ExitCode::FAILURE
 }

@@ -166,7 +166,10 @@ impl ControlMessage {
             ControlMessage::Welcome(welcome) => welcome.validate()?,
             ControlMessage::Goaway(goaway) => {
                 if !is_printable_text(&goaway.reason) {
-                    return Err(field("reason", "longer than 128 bytes or holds control characters"));
+                    return Err(field(
+                        "reason",
+                        "longer than 128 bytes or holds control characters",
+                    ));
                 }
             }
         }
@@ -205,7 +208,10 @@ impl Hello {
             return Err(ControlError::Version(self.v));
         }
         if !is_valid_agent_id(&self.agent_id) {
-            return Err(field("agent_id", "expected 1 to 128 characters of [A-Za-z0-9._:@-]"));
+            return Err(field(
+                "agent_id",
+                "expected 1 to 128 characters of [A-Za-z0-9._:@-]",
+            ));
         }
         if self.connectors.is_empty() {
             return Err(field("connectors", "at least one connector is required"));
@@ -225,7 +231,10 @@ impl Hello {
             return Err(field("lane", "must be less than lanes"));
         }
         if !is_printable_text(&self.software) {
-            return Err(field("software", "longer than 128 bytes or holds control characters"));
+            return Err(field(
+                "software",
+                "longer than 128 bytes or holds control characters",
+            ));
         }
         Ok(())
     }
@@ -252,7 +261,10 @@ impl Welcome {
             return Err(ControlError::Version(self.v));
         }
         if !is_printable_text(&self.session) || !is_printable_text(&self.replica_id) {
-            return Err(field("session", "longer than 128 bytes or holds control characters"));
+            return Err(field(
+                "session",
+                "longer than 128 bytes or holds control characters",
+            ));
         }
         if self.shards == 0 || self.shard >= self.shards || self.shards > 1024 {
             return Err(field("shard", "expected shard < shards <= 1024"));
@@ -264,13 +276,19 @@ impl Welcome {
             return Err(field("max_frame", "expected 1 KiB to 16 MiB"));
         }
         if self.idle_timeout_ms == 0 || self.heartbeat_ms < 100 {
-            return Err(field("heartbeat_ms", "timers must be positive, heartbeat at least 100 ms"));
+            return Err(field(
+                "heartbeat_ms",
+                "timers must be positive, heartbeat at least 100 ms",
+            ));
         }
         if self.accepted.len() > MAX_CONNECTORS || self.refused.len() > MAX_CONNECTORS {
             return Err(field("accepted", "more than 256 connectors"));
         }
         if self.refused.iter().any(|r| !is_printable_text(&r.reason)) {
-            return Err(field("refused", "reason longer than 128 bytes or holds control characters"));
+            return Err(field(
+                "refused",
+                "reason longer than 128 bytes or holds control characters",
+            ));
         }
         Ok(())
     }
@@ -327,7 +345,9 @@ mod tests {
     fn welcome_and_goaway_round_trip() {
         let w = welcome();
         assert_eq!(Welcome::parse(&w.to_json()).unwrap(), w);
-        let g = Goaway { reason: "draining".into() };
+        let g = Goaway {
+            reason: "draining".into(),
+        };
         assert_eq!(g.to_json(), r#"{"type":"goaway","reason":"draining"}"#);
         assert_eq!(
             ControlMessage::parse(&g.to_json()).unwrap(),
@@ -349,27 +369,45 @@ mod tests {
 
     #[test]
     fn hello_bounds() {
-        assert_eq!(hello_error(r#""v":1"#, r#""v":2"#), ControlError::Version(2));
+        assert_eq!(
+            hello_error(r#""v":1"#, r#""v":2"#),
+            ControlError::Version(2)
+        );
         assert!(matches!(
             hello_error("agent-foo-01", ""),
-            ControlError::Field { field: "agent_id", .. }
+            ControlError::Field {
+                field: "agent_id",
+                ..
+            }
         ));
         assert!(matches!(
             hello_error("agent-foo-01", "agent foo"),
-            ControlError::Field { field: "agent_id", .. }
+            ControlError::Field {
+                field: "agent_id",
+                ..
+            }
         ));
         let long = "a".repeat(129);
         assert!(matches!(
             hello_error("agent-foo-01", &long),
-            ControlError::Field { field: "agent_id", .. }
+            ControlError::Field {
+                field: "agent_id",
+                ..
+            }
         ));
         assert!(matches!(
             hello_error(r#"["ldap","pg"]"#, "[]"),
-            ControlError::Field { field: "connectors", .. }
+            ControlError::Field {
+                field: "connectors",
+                ..
+            }
         ));
         assert!(matches!(
             hello_error(r#"["ldap","pg"]"#, r#"["ldap","ldap"]"#),
-            ControlError::Field { field: "connectors", .. }
+            ControlError::Field {
+                field: "connectors",
+                ..
+            }
         ));
         assert!(matches!(
             hello_error(r#"["ldap","pg"]"#, r#"["ldap","p g"]"#),
@@ -385,12 +423,18 @@ mod tests {
         ));
         assert!(matches!(
             hello_error("nowconnect-agent/0.1.0", "bad\\u0007bell"),
-            ControlError::Field { field: "software", .. }
+            ControlError::Field {
+                field: "software",
+                ..
+            }
         ));
         let many: Vec<String> = (0..257).map(|i| format!("\"c{i}\"")).collect();
         assert!(matches!(
             hello_error(r#"["ldap","pg"]"#, &format!("[{}]", many.join(","))),
-            ControlError::Field { field: "connectors", .. }
+            ControlError::Field {
+                field: "connectors",
+                ..
+            }
         ));
     }
 
@@ -400,8 +444,20 @@ mod tests {
             Hello::parse(&welcome().to_json()),
             Err(ControlError::Unexpected("welcome"))
         );
-        for junk in ["", "null", "[]", "{}", r#"{"type":"hello"}"#, r#"{"type":"bye"}"#, "{\"type\":\"hello\",", "\u{0}"] {
-            assert!(matches!(Hello::parse(junk), Err(ControlError::Malformed(_))), "{junk:?}");
+        for junk in [
+            "",
+            "null",
+            "[]",
+            "{}",
+            r#"{"type":"hello"}"#,
+            r#"{"type":"bye"}"#,
+            "{\"type\":\"hello\",",
+            "\u{0}",
+        ] {
+            assert!(
+                matches!(Hello::parse(junk), Err(ControlError::Malformed(_))),
+                "{junk:?}"
+            );
         }
         let big = format!("{}{}", HELLO, " ".repeat(MAX_CONTROL_MESSAGE));
         assert!(matches!(Hello::parse(&big), Err(ControlError::TooLarge(_))));
@@ -414,10 +470,31 @@ mod tests {
             mutate(&mut w);
             Welcome::parse(&w.to_json()).unwrap_err()
         };
-        assert!(matches!(check(|w| w.window = 10), ControlError::Field { field: "window", .. }));
-        assert!(matches!(check(|w| w.max_frame = 1 << 30), ControlError::Field { field: "max_frame", .. }));
-        assert!(matches!(check(|w| w.shard = 2), ControlError::Field { field: "shard", .. }));
-        assert!(matches!(check(|w| w.heartbeat_ms = 0), ControlError::Field { field: "heartbeat_ms", .. }));
+        assert!(matches!(
+            check(|w| w.window = 10),
+            ControlError::Field {
+                field: "window",
+                ..
+            }
+        ));
+        assert!(matches!(
+            check(|w| w.max_frame = 1 << 30),
+            ControlError::Field {
+                field: "max_frame",
+                ..
+            }
+        ));
+        assert!(matches!(
+            check(|w| w.shard = 2),
+            ControlError::Field { field: "shard", .. }
+        ));
+        assert!(matches!(
+            check(|w| w.heartbeat_ms = 0),
+            ControlError::Field {
+                field: "heartbeat_ms",
+                ..
+            }
+        ));
         assert!(matches!(check(|w| w.v = 0), ControlError::Version(0)));
     }
 }

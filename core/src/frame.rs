@@ -343,7 +343,10 @@ impl FrameDecoder {
     /// Call it again with the rest of the input until it is empty. A frame may come back with
     /// fewer bytes consumed than `input` holds; `(n, None)` means the `n` bytes were absorbed
     /// and more input is needed. After an error the decoder answers [`FrameError::Poisoned`].
-    pub fn decode<'a>(&mut self, input: &'a [u8]) -> Result<(usize, Option<Frame<'a>>), FrameError> {
+    pub fn decode<'a>(
+        &mut self,
+        input: &'a [u8],
+    ) -> Result<(usize, Option<Frame<'a>>), FrameError> {
         let result = self.step(input);
         if result.is_err() {
             self.state = DecodeState::Failed;
@@ -500,8 +503,14 @@ fn parse_control(ty: FrameType, stream: StreamId, p: &[u8]) -> Result<Frame<'sta
 fn parse_address(p: &[u8]) -> Option<SocketAddr> {
     let (&family, rest) = p.split_first()?;
     let (ip, port): (IpAddr, &[u8]) = match (family, rest.len()) {
-        (4, 6) => (Ipv4Addr::from(<[u8; 4]>::try_from(&rest[..4]).ok()?).into(), &rest[4..]),
-        (6, 18) => (Ipv6Addr::from(<[u8; 16]>::try_from(&rest[..16]).ok()?).into(), &rest[16..]),
+        (4, 6) => (
+            Ipv4Addr::from(<[u8; 4]>::try_from(&rest[..4]).ok()?).into(),
+            &rest[4..],
+        ),
+        (6, 18) => (
+            Ipv6Addr::from(<[u8; 16]>::try_from(&rest[..16]).ok()?).into(),
+            &rest[16..],
+        ),
         _ => return None,
     };
     Some(SocketAddr::new(ip, u16::from_be_bytes([port[0], port[1]])))
@@ -557,13 +566,23 @@ pub fn encode_data(dst: &mut Vec<u8>, stream: StreamId, payload: &[u8]) {
 }
 
 /// Appends an OPEN frame.
-pub fn encode_open(dst: &mut Vec<u8>, stream: StreamId, connector: &ConnectorName, peer: SocketAddr) {
+pub fn encode_open(
+    dst: &mut Vec<u8>,
+    stream: StreamId,
+    connector: &ConnectorName,
+    peer: SocketAddr,
+) {
     let name = connector.as_bytes();
     let addr_len = match peer.ip() {
         IpAddr::V4(_) => 4,
         IpAddr::V6(_) => 16,
     };
-    push_header(dst, FrameType::Open, stream, 1 + name.len() + 1 + addr_len + 2);
+    push_header(
+        dst,
+        FrameType::Open,
+        stream,
+        1 + name.len() + 1 + addr_len + 2,
+    );
     dst.push(name.len() as u8);
     dst.extend_from_slice(name);
     match peer.ip() {
@@ -613,7 +632,10 @@ mod tests {
     }
 
     /// Decodes everything, joining DATA pieces per frame boundary as they arrive.
-    fn decode_all(dec: &mut FrameDecoder, mut input: &[u8]) -> Result<Vec<Frame<'static>>, FrameError> {
+    fn decode_all(
+        dec: &mut FrameDecoder,
+        mut input: &[u8],
+    ) -> Result<Vec<Frame<'static>>, FrameError> {
         let mut out = Vec::new();
         while !input.is_empty() {
             let (n, frame) = dec.decode(input)?;
@@ -624,10 +646,26 @@ mod tests {
                         stream,
                         payload: Vec::leak(payload.to_vec()),
                     },
-                    Frame::Open { stream, connector, peer } => Frame::Open { stream, connector, peer },
+                    Frame::Open {
+                        stream,
+                        connector,
+                        peer,
+                    } => Frame::Open {
+                        stream,
+                        connector,
+                        peer,
+                    },
                     Frame::OpenOk { stream } => Frame::OpenOk { stream },
                     Frame::Fin { stream } => Frame::Fin { stream },
-                    Frame::Rst { stream, code, reason } => Frame::Rst { stream, code, reason },
+                    Frame::Rst {
+                        stream,
+                        code,
+                        reason,
+                    } => Frame::Rst {
+                        stream,
+                        code,
+                        reason,
+                    },
                     Frame::Window { stream, increment } => Frame::Window { stream, increment },
                 });
             }
@@ -646,23 +684,46 @@ mod tests {
         encode_open_ok(&mut wire, StreamId(1));
         encode_data(&mut wire, StreamId(1), b"hello");
         encode_fin(&mut wire, StreamId(1));
-        encode_rst(&mut wire, StreamId(2), RstCode::Refused, "connection refused");
+        encode_rst(
+            &mut wire,
+            StreamId(2),
+            RstCode::Refused,
+            "connection refused",
+        );
         encode_window(&mut wire, StreamId(1), 65536);
         let frames = decode_all(&mut FrameDecoder::new(65536), &wire).unwrap();
         assert_eq!(
             frames,
             vec![
-                Frame::Open { stream: StreamId(1), connector: name("ldap"), peer: v4 },
-                Frame::Open { stream: StreamId(2), connector: name("pg.main"), peer: v6 },
-                Frame::OpenOk { stream: StreamId(1) },
-                Frame::Data { stream: StreamId(1), payload: b"hello" },
-                Frame::Fin { stream: StreamId(1) },
+                Frame::Open {
+                    stream: StreamId(1),
+                    connector: name("ldap"),
+                    peer: v4
+                },
+                Frame::Open {
+                    stream: StreamId(2),
+                    connector: name("pg.main"),
+                    peer: v6
+                },
+                Frame::OpenOk {
+                    stream: StreamId(1)
+                },
+                Frame::Data {
+                    stream: StreamId(1),
+                    payload: b"hello"
+                },
+                Frame::Fin {
+                    stream: StreamId(1)
+                },
                 Frame::Rst {
                     stream: StreamId(2),
                     code: RstCode::Refused,
                     reason: RstReason::new("connection refused")
                 },
-                Frame::Window { stream: StreamId(1), increment: 65536 },
+                Frame::Window {
+                    stream: StreamId(1),
+                    increment: 65536
+                },
             ]
         );
     }
@@ -670,7 +731,12 @@ mod tests {
     #[test]
     fn byte_at_a_time_gives_the_same_frames() {
         let mut wire = Vec::new();
-        encode_open(&mut wire, StreamId(9), &name("x"), "10.0.0.1:1".parse().unwrap());
+        encode_open(
+            &mut wire,
+            StreamId(9),
+            &name("x"),
+            "10.0.0.1:1".parse().unwrap(),
+        );
         encode_data(&mut wire, StreamId(9), b"abc");
         encode_rst(&mut wire, StreamId(9), RstCode::Idle, "");
         let mut dec = FrameDecoder::new(1024);
@@ -699,7 +765,9 @@ mod tests {
         assert_eq!((n, none), (HEADER_LEN, None));
         let (n, frame) = dec.decode(&wire[HEADER_LEN..]).unwrap();
         assert_eq!(n, 100);
-        let Some(Frame::Data { payload, .. }) = frame else { panic!("expected data") };
+        let Some(Frame::Data { payload, .. }) = frame else {
+            panic!("expected data")
+        };
         assert_eq!(payload.as_ptr(), wire[HEADER_LEN..].as_ptr());
     }
 
@@ -710,10 +778,19 @@ mod tests {
         let start = encode_data_header_before(&mut buf, 32, StreamId(4), 5).unwrap();
         assert_eq!(start, 32 - HEADER_LEN);
         let frames = decode_all(&mut FrameDecoder::new(64), &buf[start..]).unwrap();
-        assert_eq!(frames, vec![Frame::Data { stream: StreamId(4), payload: b"world" }]);
+        assert_eq!(
+            frames,
+            vec![Frame::Data {
+                stream: StreamId(4),
+                payload: b"world"
+            }]
+        );
         assert_eq!(
             encode_data_header_before(&mut buf, 3, StreamId(4), 5),
-            Err(HeadroomError { needed: HEADER_LEN, available: 3 })
+            Err(HeadroomError {
+                needed: HEADER_LEN,
+                available: 3
+            })
         );
     }
 
@@ -723,7 +800,12 @@ mod tests {
         encode_data(&mut wire, StreamId(1), b"");
         encode_fin(&mut wire, StreamId(1));
         let frames = decode_all(&mut FrameDecoder::new(16), &wire).unwrap();
-        assert_eq!(frames, vec![Frame::Fin { stream: StreamId(1) }]);
+        assert_eq!(
+            frames,
+            vec![Frame::Fin {
+                stream: StreamId(1)
+            }]
+        );
     }
 
     fn header(ty: u8, stream: u32, len: u32) -> Vec<u8> {
@@ -744,11 +826,25 @@ mod tests {
         assert_eq!(first_error(&header(0x03, 0, 0)), FrameError::ZeroStream);
         assert_eq!(
             first_error(&header(0x03, 1, 1025)),
-            FrameError::DataTooLong { len: 1025, max: 1024 }
+            FrameError::DataTooLong {
+                len: 1025,
+                max: 1024
+            }
         );
-        for (ty, len) in [(0x02, 1), (0x04, 2), (0x06, 3), (0x06, 5), (0x05, 0), (0x05, 130), (0x01, 8)] {
+        for (ty, len) in [
+            (0x02, 1),
+            (0x04, 2),
+            (0x06, 3),
+            (0x06, 5),
+            (0x05, 0),
+            (0x05, 130),
+            (0x01, 8),
+        ] {
             assert!(
-                matches!(first_error(&header(ty, 1, len)), FrameError::BadLength { .. }),
+                matches!(
+                    first_error(&header(ty, 1, len)),
+                    FrameError::BadLength { .. }
+                ),
                 "type {ty} len {len}"
             );
         }
@@ -766,17 +862,35 @@ mod tests {
             first_error(&b)
         };
         // Bad character in the name.
-        assert_eq!(open(b"\x02a/\x04\x7f\x00\x00\x01\x00\x50"), FrameError::BadConnector(NameError::BadChar(1)));
+        assert_eq!(
+            open(b"\x02a/\x04\x7f\x00\x00\x01\x00\x50"),
+            FrameError::BadConnector(NameError::BadChar(1))
+        );
         // Empty name.
-        assert_eq!(open(b"\x00\x04\x7f\x00\x00\x01\x00\x50\x00"), FrameError::BadConnector(NameError::Empty));
+        assert_eq!(
+            open(b"\x00\x04\x7f\x00\x00\x01\x00\x50\x00"),
+            FrameError::BadConnector(NameError::Empty)
+        );
         // Name length past the payload.
-        assert_eq!(open(b"\x40ab\x04\x7f\x00\x00\x01\x00"), FrameError::BadAddress);
+        assert_eq!(
+            open(b"\x40ab\x04\x7f\x00\x00\x01\x00"),
+            FrameError::BadAddress
+        );
         // Unknown family.
-        assert_eq!(open(b"\x01a\x05\x7f\x00\x00\x01\x00\x50"), FrameError::BadAddress);
+        assert_eq!(
+            open(b"\x01a\x05\x7f\x00\x00\x01\x00\x50"),
+            FrameError::BadAddress
+        );
         // Family 6 with four address bytes.
-        assert_eq!(open(b"\x01a\x06\x7f\x00\x00\x01\x00\x50"), FrameError::BadAddress);
+        assert_eq!(
+            open(b"\x01a\x06\x7f\x00\x00\x01\x00\x50"),
+            FrameError::BadAddress
+        );
         // Trailing byte.
-        assert_eq!(open(b"\x01a\x04\x7f\x00\x00\x01\x00\x50\x00"), FrameError::BadAddress);
+        assert_eq!(
+            open(b"\x01a\x04\x7f\x00\x00\x01\x00\x50\x00"),
+            FrameError::BadAddress
+        );
     }
 
     #[test]
@@ -821,7 +935,9 @@ mod tests {
         let mut wire = Vec::new();
         encode_rst(&mut wire, StreamId(1), RstCode::ProtocolViolation, &long);
         let frames = decode_all(&mut FrameDecoder::new(16), &wire).unwrap();
-        let Frame::Rst { reason, .. } = frames[0] else { panic!() };
+        let Frame::Rst { reason, .. } = frames[0] else {
+            panic!()
+        };
         assert_eq!(reason.as_str(), "é".repeat(64));
     }
 }

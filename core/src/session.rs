@@ -266,7 +266,12 @@ impl Session {
     }
 
     /// Hub: opens a stream to `connector` for the client at `peer` and queues the OPEN.
-    pub fn open(&mut self, now: Millis, connector: &ConnectorName, peer: SocketAddr) -> Result<StreamId, OpenError> {
+    pub fn open(
+        &mut self,
+        now: Millis,
+        connector: &ConnectorName,
+        peer: SocketAddr,
+    ) -> Result<StreamId, OpenError> {
         if self.role != Role::Hub {
             return Err(OpenError::NotHub);
         }
@@ -326,7 +331,12 @@ impl Session {
 
     /// Queues a DATA frame carrying a copy of `payload`, within the stream's credit and the
     /// maximum frame size.
-    pub fn send_data(&mut self, now: Millis, id: StreamId, payload: &[u8]) -> Result<(), SendError> {
+    pub fn send_data(
+        &mut self,
+        now: Millis,
+        id: StreamId,
+        payload: &[u8],
+    ) -> Result<(), SendError> {
         self.check_send(now, id, payload.len())?;
         frame::encode_data(&mut self.transmit, id, payload);
         Ok(())
@@ -350,7 +360,8 @@ impl Session {
             }));
         }
         self.check_send(now, id, len)?;
-        frame::encode_data_header_before(buf, payload_start, id, len as u32).map_err(SendError::Headroom)
+        frame::encode_data_header_before(buf, payload_start, id, len as u32)
+            .map_err(SendError::Headroom)
     }
 
     /// This side will send no more on `id`; queues FIN. Returns whether the stream is now gone
@@ -454,7 +465,11 @@ impl Session {
     }
 
     /// Handles one decoded frame from the peer at `now`.
-    pub fn recv<'a>(&mut self, now: Millis, frame: Frame<'a>) -> Result<Option<Event<'a>>, SessionError> {
+    pub fn recv<'a>(
+        &mut self,
+        now: Millis,
+        frame: Frame<'a>,
+    ) -> Result<Option<Event<'a>>, SessionError> {
         if let Frame::Open {
             stream,
             connector,
@@ -495,7 +510,9 @@ impl Session {
                     Ok(Event::OpenOk { id })
                 }
             }
-            Frame::Data { .. } | Frame::Fin { .. } if awaiting_open_ok => Err(Violation::BeforeOpenOk),
+            Frame::Data { .. } | Frame::Fin { .. } if awaiting_open_ok => {
+                Err(Violation::BeforeOpenOk)
+            }
             Frame::Data { payload, .. } => stream
                 .on_recv(now, payload.len() as u32)
                 .map(|()| Event::Data { id, data: payload }),
@@ -520,14 +537,18 @@ impl Session {
                     origin: Origin::Peer,
                 })
             }
-            Frame::Window { increment, .. } => stream.on_window(increment, window).map(|()| Event::Writable {
-                id,
-                credit: if role == Role::Agent && stream.phase == Phase::Opening {
-                    0
-                } else {
-                    stream.send_credit()
-                },
-            }),
+            Frame::Window { increment, .. } => {
+                stream
+                    .on_window(increment, window)
+                    .map(|()| Event::Writable {
+                        id,
+                        credit: if role == Role::Agent && stream.phase == Phase::Opening {
+                            0
+                        } else {
+                            stream.send_credit()
+                        },
+                    })
+            }
         };
         Ok(Some(match outcome {
             Ok(event) => event,
@@ -557,11 +578,20 @@ impl Session {
         self.next_id = u64::from(id.0) + 1;
         if self.streams.len() >= self.config.max_streams as usize {
             self.stats.overload_refusals += 1;
-            frame::encode_rst(&mut self.transmit, id, RstCode::Overload, "too many streams");
+            frame::encode_rst(
+                &mut self.transmit,
+                id,
+                RstCode::Overload,
+                "too many streams",
+            );
             return Ok(None);
         }
         self.insert(now, id);
-        Ok(Some(Event::Opened { id, connector, peer }))
+        Ok(Some(Event::Opened {
+            id,
+            connector,
+            peer,
+        }))
     }
 
     fn violation<'a>(&mut self, id: StreamId, violation: Violation) -> Event<'a> {
@@ -579,7 +609,8 @@ impl Session {
     }
 
     fn insert(&mut self, now: Millis, id: StreamId) {
-        self.streams.insert(id, Stream::new(now, self.config.window));
+        self.streams
+            .insert(id, Stream::new(now, self.config.window));
         self.deadlines.push(now + self.config.idle_timeout_ms, id);
     }
 
@@ -591,8 +622,11 @@ impl Session {
     fn maybe_rebuild_deadlines(&mut self) {
         if self.deadlines.needs_rebuild(self.streams.len()) {
             let timeout = self.config.idle_timeout_ms;
-            self.deadlines
-                .rebuild(self.streams.iter().map(|(id, s)| (s.last_activity + timeout, *id)));
+            self.deadlines.rebuild(
+                self.streams
+                    .iter()
+                    .map(|(id, s)| (s.last_activity + timeout, *id)),
+            );
         }
     }
 }

@@ -222,18 +222,29 @@ mod tests {
         assert_eq!(s.send_credit(), 40);
         assert_eq!(
             s.on_send(Millis(1), 41),
-            Err(SendError::OverCredit { len: 41, allowed: 40 })
+            Err(SendError::OverCredit {
+                len: 41,
+                allowed: 40
+            })
         );
         s.on_window(60, 100).unwrap();
         assert_eq!(s.send_credit(), 100);
         assert_eq!(
             s.on_window(1, 100),
-            Err(Violation::CreditOverflow { increment: 1, credit: 100, window: 100 })
+            Err(Violation::CreditOverflow {
+                increment: 1,
+                credit: 100,
+                window: 100
+            })
         );
         assert_eq!(s.on_window(0, 100), Err(Violation::ZeroIncrement));
         assert_eq!(
             s.on_window(u32::MAX, u32::MAX),
-            Err(Violation::CreditOverflow { increment: u32::MAX, credit: 100, window: u32::MAX })
+            Err(Violation::CreditOverflow {
+                increment: u32::MAX,
+                credit: 100,
+                window: u32::MAX
+            })
         );
     }
 

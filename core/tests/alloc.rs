@@ -214,7 +214,8 @@ impl Rig {
                     let (k, f) = self.hub_frames.decode(input).unwrap();
                     input = &input[k..];
                     if let Some(f) = f {
-                        if let Some(Event::Data { id, data }) = self.hub.recv(self.now, f).unwrap() {
+                        if let Some(Event::Data { id, data }) = self.hub.recv(self.now, f).unwrap()
+                        {
                             assert!(matches!(f, Frame::Data { .. }));
                             self.hub.consumed(self.now, id, data.len());
                         }
@@ -249,7 +250,11 @@ fn steady_state_data_path_allocates_nothing() {
             rig.round(&payload);
         }
     });
-    assert_eq!(rig.delivered - before, 1000 * CHUNK, "every byte was delivered");
+    assert_eq!(
+        rig.delivered - before,
+        1000 * CHUNK,
+        "every byte was delivered"
+    );
     assert_eq!(allocations, 0, "allocations on the steady-state data path");
 
     // And the counter does see allocations when they happen.

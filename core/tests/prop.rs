@@ -29,7 +29,8 @@ fn spec() -> impl Strategy<Value = Spec> {
     prop_oneof![
         (id.clone(), 0u8..3).prop_map(|(i, c)| Spec::Open(i, c)),
         id.clone().prop_map(Spec::OpenOk),
-        (id.clone(), proptest::collection::vec(any::<u8>(), 0..600)).prop_map(|(i, d)| Spec::Data(i, d)),
+        (id.clone(), proptest::collection::vec(any::<u8>(), 0..600))
+            .prop_map(|(i, d)| Spec::Data(i, d)),
         id.clone().prop_map(Spec::Fin),
         (id.clone(), 1u8..=9, "[a-z é]{0,40}").prop_map(|(i, c, r)| Spec::Rst(i, c, r)),
         (id, 1u32..u32::MAX).prop_map(|(i, w)| Spec::Window(i, w)),
@@ -49,11 +50,17 @@ enum Owned {
 
 fn own(f: Frame<'_>) -> Owned {
     match f {
-        Frame::Open { stream, connector, .. } => Owned::Open(stream.0, connector.to_string()),
+        Frame::Open {
+            stream, connector, ..
+        } => Owned::Open(stream.0, connector.to_string()),
         Frame::OpenOk { stream } => Owned::OpenOk(stream.0),
         Frame::Data { stream, payload } => Owned::Data(stream.0, payload.to_vec()),
         Frame::Fin { stream } => Owned::Fin(stream.0),
-        Frame::Rst { stream, code, reason } => Owned::Rst(stream.0, code, reason),
+        Frame::Rst {
+            stream,
+            code,
+            reason,
+        } => Owned::Rst(stream.0, code, reason),
         Frame::Window { stream, increment } => Owned::Window(stream.0, increment),
     }
 }
@@ -134,11 +141,27 @@ proptest! {
 /// What a test does next on the simulated pair.
 #[derive(Clone, Copy, Debug)]
 enum Op {
-    Send { hub: bool, stream: usize, size: usize },
-    Consume { hub: bool, stream: usize, size: usize },
-    Deliver { to_agent: bool },
-    Finish { hub: bool, stream: usize },
-    Reset { hub: bool, stream: usize },
+    Send {
+        hub: bool,
+        stream: usize,
+        size: usize,
+    },
+    Consume {
+        hub: bool,
+        stream: usize,
+        size: usize,
+    },
+    Deliver {
+        to_agent: bool,
+    },
+    Finish {
+        hub: bool,
+        stream: usize,
+    },
+    Reset {
+        hub: bool,
+        stream: usize,
+    },
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -153,7 +176,9 @@ fn op() -> impl Strategy<Value = Op> {
 
 /// The byte at `offset` of what one side sends on one stream.
 fn pattern(stream: StreamId, from_hub: bool, offset: usize) -> u8 {
-    (offset as u32).wrapping_mul(31).wrapping_add(stream.0 * 7 + from_hub as u32) as u8
+    (offset as u32)
+        .wrapping_mul(31)
+        .wrapping_add(stream.0 * 7 + from_hub as u32) as u8
 }
 
 /// One direction of one stream as the test sees it.
@@ -189,11 +214,20 @@ impl Model {
                 Ev::Data(id, data) => {
                     let flow = &mut self.flows.get_mut(&id).unwrap()[at_hub as usize];
                     for (k, b) in data.iter().enumerate() {
-                        prop_assert_eq!(*b, pattern(id, !at_hub, flow.delivered + k), "byte {} of stream {}", flow.delivered + k, id);
+                        prop_assert_eq!(
+                            *b,
+                            pattern(id, !at_hub, flow.delivered + k),
+                            "byte {} of stream {}",
+                            flow.delivered + k,
+                            id
+                        );
                     }
                     flow.delivered += data.len();
                     prop_assert!(flow.delivered <= flow.sent, "delivered more than was sent");
-                    prop_assert!(flow.delivered - flow.consumed <= self.window, "receiver holds more than a window");
+                    prop_assert!(
+                        flow.delivered - flow.consumed <= self.window,
+                        "receiver holds more than a window"
+                    );
                     prop_assert!(!flow.fin_seen);
                 }
                 Ev::Finished(id, _) => {
@@ -221,12 +255,18 @@ fn run_ops(p: &mut Pair, m: &mut Model, ops: &[Op]) -> Result<(), TestCaseError>
             Op::Send { hub, stream, size } => {
                 let id = m.ids[stream];
                 let flow = &mut m.flows.get_mut(&id).unwrap()[!hub as usize];
-                let session = if hub { &mut p.hub.session } else { &mut p.agent.session };
+                let session = if hub {
+                    &mut p.hub.session
+                } else {
+                    &mut p.agent.session
+                };
                 let credit = session.send_credit(id) as usize;
                 prop_assert!(credit <= m.window);
                 let n = size.min(credit).min(400).min(flow.total - flow.sent);
                 if n > 0 && !flow.fin_sent {
-                    let bytes: Vec<u8> = (flow.sent..flow.sent + n).map(|k| pattern(id, hub, k)).collect();
+                    let bytes: Vec<u8> = (flow.sent..flow.sent + n)
+                        .map(|k| pattern(id, hub, k))
+                        .collect();
                     session.send_data(p.now, id, &bytes).unwrap();
                     flow.sent += n;
                 }
@@ -236,7 +276,11 @@ fn run_ops(p: &mut Pair, m: &mut Model, ops: &[Op]) -> Result<(), TestCaseError>
                 let flow = &mut m.flows.get_mut(&id).unwrap()[hub as usize];
                 let n = size.min(flow.delivered - flow.consumed);
                 flow.consumed += n;
-                let session = if hub { &mut p.hub.session } else { &mut p.agent.session };
+                let session = if hub {
+                    &mut p.hub.session
+                } else {
+                    &mut p.agent.session
+                };
                 session.consumed(p.now, id, n);
             }
             Op::Deliver { to_agent } => {
@@ -246,7 +290,11 @@ fn run_ops(p: &mut Pair, m: &mut Model, ops: &[Op]) -> Result<(), TestCaseError>
             Op::Finish { hub, stream } => {
                 let id = m.ids[stream];
                 let flow = &mut m.flows.get_mut(&id).unwrap()[!hub as usize];
-                let session = if hub { &mut p.hub.session } else { &mut p.agent.session };
+                let session = if hub {
+                    &mut p.hub.session
+                } else {
+                    &mut p.agent.session
+                };
                 if flow.sent == flow.total && !flow.fin_sent && session.stream(id).is_some() {
                     session.finish(id).unwrap();
                     flow.fin_sent = true;
@@ -254,7 +302,11 @@ fn run_ops(p: &mut Pair, m: &mut Model, ops: &[Op]) -> Result<(), TestCaseError>
             }
             Op::Reset { hub, stream } => {
                 let id = m.ids[stream];
-                let session = if hub { &mut p.hub.session } else { &mut p.agent.session };
+                let session = if hub {
+                    &mut p.hub.session
+                } else {
+                    &mut p.agent.session
+                };
                 if session.reset(id, RstCode::PeerReset, "test") {
                     let r = m.reset.entry(id).or_default();
                     if hub { r.0 = true } else { r.1 = true }

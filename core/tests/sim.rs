@@ -45,7 +45,10 @@ fn early_data_follows_open_before_open_ok() {
         Err(SendError::NotEstablished)
     );
     p.agent.session.accept(id).unwrap();
-    p.agent.session.send_data(p.now, id, b"bind response").unwrap();
+    p.agent
+        .session
+        .send_data(p.now, id, b"bind response")
+        .unwrap();
     p.agent.session.finish(id).unwrap();
     assert_eq!(
         p.to_hub(),
@@ -72,9 +75,11 @@ fn data_flows_both_ways_and_credit_returns() {
     p.agent.session.consumed(p.now, id, 300);
     assert_eq!(p.to_hub(), vec![Ev::Writable(id, 1000)]);
     p.hub.session.consumed(p.now, id, 200);
-    assert_eq!(p.to_agent(), vec![Ev::Writable(id, 800)]);
-    p.hub.session.consumed(p.now, id, 0);
-    assert_eq!(p.to_agent(), vec![], "no credit to return");
+    assert_eq!(p.to_agent(), vec![], "200 bytes are below a quarter window");
+    p.agent.session.send_data(p.now, id, &[3; 100]).unwrap();
+    assert_eq!(p.to_hub(), vec![Ev::Data(id, vec![3; 100])]);
+    p.hub.session.consumed(p.now, id, 100);
+    assert_eq!(p.to_agent(), vec![Ev::Writable(id, 1000)]);
 }
 
 #[test]
@@ -83,7 +88,10 @@ fn frames_larger_than_max_frame_are_refused_locally() {
     let id = p.open_established("pg");
     assert_eq!(
         p.hub.session.send_data(p.now, id, &[0; 401]),
-        Err(SendError::OverCredit { len: 401, allowed: 400 })
+        Err(SendError::OverCredit {
+            len: 401,
+            allowed: 400
+        })
     );
 }
 
@@ -93,9 +101,15 @@ fn half_close_from_the_hub_side() {
     let id = p.open_established("ldap");
     p.hub.session.finish(id).unwrap();
     assert_eq!(p.to_agent(), vec![Ev::Finished(id, false)]);
-    assert_eq!(p.hub.session.send_data(p.now, id, b"late"), Err(SendError::Finished));
+    assert_eq!(
+        p.hub.session.send_data(p.now, id, b"late"),
+        Err(SendError::Finished)
+    );
     // The other direction keeps flowing.
-    p.agent.session.send_data(p.now, id, b"still talking").unwrap();
+    p.agent
+        .session
+        .send_data(p.now, id, b"still talking")
+        .unwrap();
     assert_eq!(p.to_hub(), vec![Ev::Data(id, b"still talking".to_vec())]);
     p.agent.session.finish(id).unwrap();
     assert_eq!(p.agent.session.stream_count(), 0);
@@ -133,7 +147,10 @@ fn reset_from_the_hub() {
     p.agent.session.send_data(p.now, id, b"crossing").unwrap();
     assert_eq!(p.to_hub(), vec![]);
     assert_eq!(p.hub.session.stats().stale_frames, 1);
-    assert_eq!(p.to_agent(), vec![Ev::Reset(id, RstCode::PeerReset, Origin::Peer)]);
+    assert_eq!(
+        p.to_agent(),
+        vec![Ev::Reset(id, RstCode::PeerReset, Origin::Peer)]
+    );
     assert_eq!(p.agent.session.stream_count(), 0);
 }
 
@@ -143,8 +160,15 @@ fn reset_from_the_agent_when_the_target_refuses() {
     let id = p.hub.session.open(p.now, &name("ldap"), client()).unwrap();
     p.hub.session.send_data(p.now, id, b"early").unwrap();
     assert_eq!(p.to_agent().len(), 2);
-    assert!(p.agent.session.reset(id, RstCode::Refused, "connection refused"));
-    assert_eq!(p.to_hub(), vec![Ev::Reset(id, RstCode::Refused, Origin::Peer)]);
+    assert!(
+        p.agent
+            .session
+            .reset(id, RstCode::Refused, "connection refused")
+    );
+    assert_eq!(
+        p.to_hub(),
+        vec![Ev::Reset(id, RstCode::Refused, Origin::Peer)]
+    );
     assert_eq!(p.hub.session.stream_count(), 0);
 }
 
@@ -209,7 +233,10 @@ fn window_overrun_is_reset_with_code_5_and_the_session_survives() {
     frame::encode_data(&mut raw, victim, &[0; 201]);
     let events = p.inject(true, &raw).unwrap();
     assert_eq!(events.len(), 3);
-    assert_eq!(events[2], Ev::Reset(victim, RstCode::ProtocolViolation, Origin::Local));
+    assert_eq!(
+        events[2],
+        Ev::Reset(victim, RstCode::ProtocolViolation, Origin::Local)
+    );
     assert_eq!(p.agent.session.stats().violations, 1);
     assert_eq!(
         p.to_hub(),
@@ -227,12 +254,22 @@ fn credit_beyond_the_window_is_a_violation() {
     let mut raw = Vec::new();
     frame::encode_window(&mut raw, id, 1);
     let events = p.inject(false, &raw).unwrap();
-    assert_eq!(events, vec![Ev::Reset(id, RstCode::ProtocolViolation, Origin::Local)]);
+    assert_eq!(
+        events,
+        vec![Ev::Reset(id, RstCode::ProtocolViolation, Origin::Local)]
+    );
+    assert_eq!(
+        p.to_agent(),
+        vec![Ev::Reset(id, RstCode::ProtocolViolation, Origin::Peer)]
+    );
     let id = p.open_established("a");
     let mut raw = Vec::new();
     frame::encode_window(&mut raw, id, 0);
     let events = p.inject(false, &raw).unwrap();
-    assert_eq!(events, vec![Ev::Reset(id, RstCode::ProtocolViolation, Origin::Local)]);
+    assert_eq!(
+        events,
+        vec![Ev::Reset(id, RstCode::ProtocolViolation, Origin::Local)]
+    );
 }
 
 #[test]
@@ -243,7 +280,10 @@ fn agent_data_before_open_ok_is_a_violation() {
     let mut raw = Vec::new();
     frame::encode_data(&mut raw, id, b"too soon");
     let events = p.inject(false, &raw).unwrap();
-    assert_eq!(events, vec![Ev::Reset(id, RstCode::ProtocolViolation, Origin::Local)]);
+    assert_eq!(
+        events,
+        vec![Ev::Reset(id, RstCode::ProtocolViolation, Origin::Local)]
+    );
 }
 
 #[test]
@@ -261,17 +301,31 @@ fn data_after_fin_and_double_fin_are_violations() {
             Ev::Reset(id, RstCode::ProtocolViolation, Origin::Local)
         ]
     );
+    assert_eq!(
+        p.to_hub(),
+        vec![Ev::Reset(id, RstCode::ProtocolViolation, Origin::Peer)]
+    );
     let id = p.open_established("a");
     let mut raw = Vec::new();
     frame::encode_fin(&mut raw, id);
     frame::encode_fin(&mut raw, id);
     let events = p.inject(true, &raw).unwrap();
-    assert_eq!(events[1], Ev::Reset(id, RstCode::ProtocolViolation, Origin::Local));
+    assert_eq!(
+        events[1],
+        Ev::Reset(id, RstCode::ProtocolViolation, Origin::Local)
+    );
+    assert_eq!(
+        p.to_hub(),
+        vec![Ev::Reset(id, RstCode::ProtocolViolation, Origin::Peer)]
+    );
     let id = p.open_established("a");
     let mut raw = Vec::new();
     frame::encode_open_ok(&mut raw, id);
     let events = p.inject(false, &raw).unwrap();
-    assert_eq!(events, vec![Ev::Reset(id, RstCode::ProtocolViolation, Origin::Local)]);
+    assert_eq!(
+        events,
+        vec![Ev::Reset(id, RstCode::ProtocolViolation, Origin::Local)]
+    );
 }
 
 #[test]
@@ -291,7 +345,10 @@ fn idle_streams_are_swept_at_the_exact_deadline() {
     p.hub.session.sweep_idle(p.now, &mut expired);
     assert_eq!(expired, vec![quiet]);
     assert_eq!(p.hub.session.stats().idle_resets, 1);
-    assert_eq!(p.to_agent(), vec![Ev::Reset(quiet, RstCode::Idle, Origin::Peer)]);
+    assert_eq!(
+        p.to_agent(),
+        vec![Ev::Reset(quiet, RstCode::Idle, Origin::Peer)]
+    );
     // The busy stream was re-armed at its last activity plus the timeout.
     assert_eq!(p.hub.session.next_idle_deadline(), Some(Millis(16_000)));
     expired.clear();
@@ -348,7 +405,10 @@ fn frames_in_the_wrong_direction_end_the_session() {
     frame::encode_open_ok(&mut raw, id);
     assert!(matches!(
         p.inject(true, &raw),
-        Err(SessionError::WrongDirection { frame: "OPEN_OK", .. })
+        Err(SessionError::WrongDirection {
+            frame: "OPEN_OK",
+            ..
+        })
     ));
 }
 
@@ -366,9 +426,15 @@ fn reused_and_unknown_stream_ids_end_the_session() {
     let mut p = Pair::small();
     let mut raw = Vec::new();
     frame::encode_data(&mut raw, StreamId(5), b"?");
-    assert_eq!(p.inject(true, &raw), Err(SessionError::UnknownStream(StreamId(5))));
+    assert_eq!(
+        p.inject(true, &raw),
+        Err(SessionError::UnknownStream(StreamId(5)))
+    );
     let mut p = Pair::small();
-    assert_eq!(p.inject(false, &raw), Err(SessionError::UnknownStream(StreamId(5))));
+    assert_eq!(
+        p.inject(false, &raw),
+        Err(SessionError::UnknownStream(StreamId(5)))
+    );
 }
 
 #[test]
@@ -382,7 +448,10 @@ fn ids_may_skip_but_never_go_back() {
     frame::encode_open(&mut raw, StreamId(11), &name("a"), client());
     assert_eq!(
         p.inject(true, &raw),
-        Err(SessionError::StreamIdReuse { id: StreamId(11), highest: 12 })
+        Err(SessionError::StreamIdReuse {
+            id: StreamId(11),
+            highest: 12
+        })
     );
 }
 
@@ -405,7 +474,11 @@ fn a_full_agent_session_refuses_with_overload() {
     let (_, rst) = dec.decode(&wire[n..]).unwrap();
     assert!(matches!(
         rst,
-        Some(frame::Frame::Rst { stream: StreamId(3), code: RstCode::Overload, .. })
+        Some(frame::Frame::Rst {
+            stream: StreamId(3),
+            code: RstCode::Overload,
+            ..
+        })
     ));
     p.agent.session.clear_transmit();
     assert_eq!(

@@ -29,7 +29,9 @@ impl From<Event<'_>> for Ev {
             Event::OpenOk { id } => Ev::OpenOk(id),
             Event::Data { id, data } => Ev::Data(id, data.to_vec()),
             Event::Finished { id, closed } => Ev::Finished(id, closed),
-            Event::Reset { id, code, origin, .. } => Ev::Reset(id, code, origin),
+            Event::Reset {
+                id, code, origin, ..
+            } => Ev::Reset(id, code, origin),
             Event::Writable { id, credit } => Ev::Writable(id, credit),
         }
     }
@@ -94,7 +96,11 @@ impl Pair {
 
     /// Wraps what `from` has queued in a WebSocket binary message.
     fn take_message(&mut self, hub_sends: bool) -> Vec<u8> {
-        let end = if hub_sends { &mut self.hub } else { &mut self.agent };
+        let end = if hub_sends {
+            &mut self.hub
+        } else {
+            &mut self.agent
+        };
         let payload = end.session.transmit().to_vec();
         end.session.clear_transmit();
         if payload.is_empty() {
@@ -103,7 +109,10 @@ impl Pair {
         let mask = if hub_sends {
             None
         } else {
-            self.mask_seed = self.mask_seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            self.mask_seed = self
+                .mask_seed
+                .wrapping_mul(1_664_525)
+                .wrapping_add(1_013_904_223);
             Some(self.mask_seed.to_be_bytes())
         };
         let mut wire = Vec::new();
@@ -122,7 +131,11 @@ impl Pair {
 
     fn receive(&mut self, to_agent: bool, wire: &mut [u8]) -> Result<Vec<Ev>, SessionError> {
         let now = self.now;
-        let end = if to_agent { &mut self.agent } else { &mut self.hub };
+        let end = if to_agent {
+            &mut self.agent
+        } else {
+            &mut self.hub
+        };
         let mut events = Vec::new();
         let mut pos = 0;
         while pos < wire.len() {
@@ -165,7 +178,11 @@ impl Pair {
 
     /// Opens a stream from the hub and has the agent accept it.
     pub fn open_established(&mut self, connector: &str) -> StreamId {
-        let id = self.hub.session.open(self.now, &name(connector), client()).unwrap();
+        let id = self
+            .hub
+            .session
+            .open(self.now, &name(connector), client())
+            .unwrap();
         assert_eq!(self.to_agent(), vec![Ev::Opened(id, connector.to_string())]);
         self.agent.session.accept(id).unwrap();
         assert_eq!(self.to_hub(), vec![Ev::OpenOk(id)]);
