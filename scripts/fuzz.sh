@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Runs every fuzz target of nowconnect-core for the given number of seconds each
+# (default 30), starting from the seed inputs in core/fuzz/seeds/. Fails on any crash.
+#
+#   scripts/fuzz.sh          # about 30 s per target, as CI does
+#   scripts/fuzz.sh 600      # the ten-minute local runs
+set -euo pipefail
+cd "$(dirname "$0")/../core"
+seconds=${1:-30}
+
+if ! cargo fuzz --version >/dev/null 2>&1; then
+    cargo install cargo-fuzz --locked --version 0.13.2
+fi
+# libFuzzer instrumentation needs nightly flags: use a nightly toolchain when one is
+# installed, else let the stable compiler accept them.
+if rustup toolchain list 2>/dev/null | grep -q '^nightly'; then
+    fuzz=(cargo +nightly fuzz)
+else
+    export RUSTC_BOOTSTRAP=1
+    fuzz=(cargo fuzz)
+fi
+
+targets=$("${fuzz[@]}" list)
+for target in $targets; do
+    "${fuzz[@]}" build -O "$target"
+done
+for target in $targets; do
+    corpus="fuzz/corpus/$target"
+    mkdir -p "$corpus"
+    echo "fuzzing $target for ${seconds}s"
+    "${fuzz[@]}" run -O "$target" "$corpus" "fuzz/seeds/$target" -- \
+        -max_total_time="$seconds" -rss_limit_mb=2048 -print_final_stats=1 2>&1 |
+        grep -E '^(stat::number_of_executed_units|stat::peak_rss_mb|==[0-9]+==|SUMMARY|Done)' || true
+    # `cargo fuzz run` exits non-zero on a crash; pipefail carries that here.
+done

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# The project's test command: installs what the tests need, then runs every test in the
+# workspace. Works on a fresh Debian machine with Rust; exits non-zero on any failure.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# System packages the tests need (none yet for the protocol core). Installed only when missing.
+need_apt=()
+if ((${#need_apt[@]})); then
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}"
+fi
+
+if cargo nextest --version >/dev/null 2>&1; then
+    cargo nextest run --workspace --all-targets --no-fail-fast "$@"
+    # nextest does not run doc tests.
+    cargo test --workspace --doc --quiet
+else
+    cargo test --workspace --all-targets --no-fail-fast "$@"
+    cargo test --workspace --doc --quiet
+fi
