@@ -27,9 +27,16 @@ done
 for target in $targets; do
     corpus="fuzz/corpus/$target"
     mkdir -p "$corpus"
+    log=$(mktemp)
     echo "fuzzing $target for ${seconds}s"
+    status=0
     "${fuzz[@]}" run -O "$target" "$corpus" "fuzz/seeds/$target" -- \
-        -max_total_time="$seconds" -rss_limit_mb=2048 -print_final_stats=1 2>&1 |
-        grep -E '^(stat::number_of_executed_units|stat::peak_rss_mb|==[0-9]+==|SUMMARY|Done)' || true
-    # `cargo fuzz run` exits non-zero on a crash; pipefail carries that here.
+        -max_total_time="$seconds" -rss_limit_mb=2048 -print_final_stats=1 >"$log" 2>&1 || status=$?
+    grep -E '^(Done|stat::number_of_executed_units|stat::peak_rss_mb)' "$log" || true
+    if [ "$status" -ne 0 ]; then
+        tail -n 60 "$log"
+        echo "fuzz target $target failed (exit $status); the input is under core/fuzz/artifacts/$target/"
+        exit "$status"
+    fi
+    rm -f "$log"
 done

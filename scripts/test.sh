@@ -11,11 +11,10 @@ if ((${#need_apt[@]})); then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}"
 fi
 
+# Doc tests first (nextest does not run them), so the summary of the main run closes the output.
+cargo test --workspace --doc --quiet
 if cargo nextest --version >/dev/null 2>&1; then
     cargo nextest run --workspace --all-targets --no-fail-fast "$@"
-    # nextest does not run doc tests.
-    cargo test --workspace --doc --quiet
 else
     cargo test --workspace --all-targets --no-fail-fast "$@"
-    cargo test --workspace --doc --quiet
 fi

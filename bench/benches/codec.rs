@@ -19,12 +19,21 @@ fn frame_codec(c: &mut Criterion) {
         // written, as the hub does with bytes read straight from a socket.
         let mut buf = vec![0u8; HEADER_LEN + size];
         group.throughput(Throughput::Bytes(size as u64));
-        group.bench_with_input(BenchmarkId::new("encode_in_place", size), &size, |b, &size| {
-            b.iter(|| {
-                frame::encode_data_header_before(black_box(&mut buf), HEADER_LEN, StreamId(7), size as u32)
+        group.bench_with_input(
+            BenchmarkId::new("encode_in_place", size),
+            &size,
+            |b, &size| {
+                b.iter(|| {
+                    frame::encode_data_header_before(
+                        black_box(&mut buf),
+                        HEADER_LEN,
+                        StreamId(7),
+                        size as u32,
+                    )
                     .unwrap()
-            })
-        });
+                })
+            },
+        );
 
         // Encoding by copy into a reused buffer, as a copying driver does.
         let payload = vec![0xabu8; size];
@@ -70,9 +79,11 @@ fn unmask_vs_memcpy(c: &mut Criterion) {
         group.bench_with_input(BenchmarkId::new("apply_mask", size), &size, |b, _| {
             b.iter(|| apply_mask(black_box(&mut buf), [0x12, 0x34, 0x56, 0x78], 0))
         });
-        group.bench_with_input(BenchmarkId::new("apply_mask_offset3", size), &size, |b, _| {
-            b.iter(|| apply_mask(black_box(&mut buf[1..]), [0x12, 0x34, 0x56, 0x78], 3))
-        });
+        group.bench_with_input(
+            BenchmarkId::new("apply_mask_offset3", size),
+            &size,
+            |b, _| b.iter(|| apply_mask(black_box(&mut buf[1..]), [0x12, 0x34, 0x56, 0x78], 3)),
+        );
         group.bench_with_input(BenchmarkId::new("memcpy", size), &size, |b, _| {
             b.iter(|| black_box(&mut buf).copy_from_slice(black_box(&src)))
         });
@@ -82,14 +93,23 @@ fn unmask_vs_memcpy(c: &mut Criterion) {
 
 fn ws_parse(c: &mut Criterion) {
     let mut group = c.benchmark_group("ws_parse");
-    for (size, masked) in [(64, true), (1024, true), (16 * 1024, true), (16 * 1024, false)] {
+    for (size, masked) in [
+        (64, true),
+        (1024, true),
+        (16 * 1024, true),
+        (16 * 1024, false),
+    ] {
         let payload = vec![0x42u8; size];
         let mut wire = Vec::new();
         let mask = masked.then_some([1, 2, 3, 4]);
         for _ in 0..64 {
             ws::encode_frame(&mut wire, true, ws::Opcode::Binary, &payload, mask);
         }
-        let role = if masked { ws::Role::Server } else { ws::Role::Client };
+        let role = if masked {
+            ws::Role::Server
+        } else {
+            ws::Role::Client
+        };
         let label = if masked { "masked" } else { "unmasked" };
         // Unmasking in place only flips payload bytes; headers are untouched, so the same
         // buffer parses again on every iteration.

@@ -8,7 +8,7 @@
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 
-use nowconnect_core::frame::{self, Frame, FrameDecoder, HEADER_LEN, StreamId};
+use nowconnect_core::frame::{self, FrameDecoder, HEADER_LEN, StreamId};
 use nowconnect_core::mask::apply_mask;
 use nowconnect_core::name::ConnectorName;
 use nowconnect_core::session::{Event, Role, Session, SessionConfig};
@@ -213,12 +213,10 @@ impl Rig {
                 while !input.is_empty() {
                     let (k, f) = self.hub_frames.decode(input).unwrap();
                     input = &input[k..];
-                    if let Some(f) = f {
-                        if let Some(Event::Data { id, data }) = self.hub.recv(self.now, f).unwrap()
-                        {
-                            assert!(matches!(f, Frame::Data { .. }));
-                            self.hub.consumed(self.now, id, data.len());
-                        }
+                    if let Some(f) = f
+                        && let Some(Event::Data { id, data }) = self.hub.recv(self.now, f).unwrap()
+                    {
+                        self.hub.consumed(self.now, id, data.len());
                     }
                 }
                 if last {

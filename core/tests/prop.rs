@@ -284,7 +284,11 @@ fn run_ops(p: &mut Pair, m: &mut Model, ops: &[Op]) -> Result<(), TestCaseError>
                 session.consumed(p.now, id, n);
             }
             Op::Deliver { to_agent } => {
-                let events = if to_agent { p.to_agent() } else { p.to_hub() };
+                let events = if to_agent {
+                    p.deliver_to_agent()
+                } else {
+                    p.deliver_to_hub()
+                };
                 m.on_events(!to_agent, events)?;
             }
             Op::Finish { hub, stream } => {

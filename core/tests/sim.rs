@@ -13,9 +13,9 @@ fn open_is_confirmed_by_open_ok() {
     let mut p = Pair::small();
     let id = p.hub.session.open(p.now, &name("ldap"), client()).unwrap();
     assert_eq!(id, StreamId(1));
-    assert_eq!(p.to_agent(), vec![Ev::Opened(id, "ldap".into())]);
+    assert_eq!(p.deliver_to_agent(), vec![Ev::Opened(id, "ldap".into())]);
     p.agent.session.accept(id).unwrap();
-    assert_eq!(p.to_hub(), vec![Ev::OpenOk(id)]);
+    assert_eq!(p.deliver_to_hub(), vec![Ev::OpenOk(id)]);
     assert_eq!(p.hub.session.stream_count(), 1);
     assert_eq!(p.agent.session.stream_count(), 1);
     // Ids increase and are never reused.
@@ -31,7 +31,7 @@ fn early_data_follows_open_before_open_ok() {
     p.hub.session.send_data(p.now, id, b"bind request").unwrap();
     p.hub.session.finish(id).unwrap();
     assert_eq!(
-        p.to_agent(),
+        p.deliver_to_agent(),
         vec![
             Ev::Opened(id, "ldap".into()),
             Ev::Data(id, b"bind request".to_vec()),
@@ -51,7 +51,7 @@ fn early_data_follows_open_before_open_ok() {
         .unwrap();
     p.agent.session.finish(id).unwrap();
     assert_eq!(
-        p.to_hub(),
+        p.deliver_to_hub(),
         vec![
             Ev::OpenOk(id),
             Ev::Data(id, b"bind response".to_vec()),
@@ -68,18 +68,22 @@ fn data_flows_both_ways_and_credit_returns() {
     let id = p.open_established("pg");
     p.hub.session.send_data(p.now, id, &[1; 300]).unwrap();
     p.agent.session.send_data(p.now, id, &[2; 200]).unwrap();
-    assert_eq!(p.to_agent(), vec![Ev::Data(id, vec![1; 300])]);
-    assert_eq!(p.to_hub(), vec![Ev::Data(id, vec![2; 200])]);
+    assert_eq!(p.deliver_to_agent(), vec![Ev::Data(id, vec![1; 300])]);
+    assert_eq!(p.deliver_to_hub(), vec![Ev::Data(id, vec![2; 200])]);
     assert_eq!(p.hub.session.send_credit(id), 700);
     // Credit comes back only after the bytes reached the socket, batched at a quarter window.
     p.agent.session.consumed(p.now, id, 300);
-    assert_eq!(p.to_hub(), vec![Ev::Writable(id, 1000)]);
+    assert_eq!(p.deliver_to_hub(), vec![Ev::Writable(id, 1000)]);
     p.hub.session.consumed(p.now, id, 200);
-    assert_eq!(p.to_agent(), vec![], "200 bytes are below a quarter window");
+    assert_eq!(
+        p.deliver_to_agent(),
+        vec![],
+        "200 bytes are below a quarter window"
+    );
     p.agent.session.send_data(p.now, id, &[3; 100]).unwrap();
-    assert_eq!(p.to_hub(), vec![Ev::Data(id, vec![3; 100])]);
+    assert_eq!(p.deliver_to_hub(), vec![Ev::Data(id, vec![3; 100])]);
     p.hub.session.consumed(p.now, id, 100);
-    assert_eq!(p.to_agent(), vec![Ev::Writable(id, 1000)]);
+    assert_eq!(p.deliver_to_agent(), vec![Ev::Writable(id, 1000)]);
 }
 
 #[test]
@@ -100,7 +104,7 @@ fn half_close_from_the_hub_side() {
     let mut p = Pair::small();
     let id = p.open_established("ldap");
     p.hub.session.finish(id).unwrap();
-    assert_eq!(p.to_agent(), vec![Ev::Finished(id, false)]);
+    assert_eq!(p.deliver_to_agent(), vec![Ev::Finished(id, false)]);
     assert_eq!(
         p.hub.session.send_data(p.now, id, b"late"),
         Err(SendError::Finished)
@@ -110,10 +114,13 @@ fn half_close_from_the_hub_side() {
         .session
         .send_data(p.now, id, b"still talking")
         .unwrap();
-    assert_eq!(p.to_hub(), vec![Ev::Data(id, b"still talking".to_vec())]);
+    assert_eq!(
+        p.deliver_to_hub(),
+        vec![Ev::Data(id, b"still talking".to_vec())]
+    );
     p.agent.session.finish(id).unwrap();
     assert_eq!(p.agent.session.stream_count(), 0);
-    assert_eq!(p.to_hub(), vec![Ev::Finished(id, true)]);
+    assert_eq!(p.deliver_to_hub(), vec![Ev::Finished(id, true)]);
     assert_eq!(p.hub.session.stream_count(), 0);
 }
 
@@ -124,13 +131,13 @@ fn half_close_from_the_agent_side() {
     p.agent.session.send_data(p.now, id, b"banner").unwrap();
     p.agent.session.finish(id).unwrap();
     assert_eq!(
-        p.to_hub(),
+        p.deliver_to_hub(),
         vec![Ev::Data(id, b"banner".to_vec()), Ev::Finished(id, false)]
     );
     p.hub.session.send_data(p.now, id, b"reply").unwrap();
     p.hub.session.finish(id).unwrap();
     assert_eq!(
-        p.to_agent(),
+        p.deliver_to_agent(),
         vec![Ev::Data(id, b"reply".to_vec()), Ev::Finished(id, true)]
     );
     assert_eq!(p.hub.session.stream_count(), 0);
@@ -145,10 +152,10 @@ fn reset_from_the_hub() {
     assert!(!p.hub.session.reset(id, RstCode::PeerReset, "twice"));
     // The agent's DATA crossing the RST in flight is ignored by the hub.
     p.agent.session.send_data(p.now, id, b"crossing").unwrap();
-    assert_eq!(p.to_hub(), vec![]);
+    assert_eq!(p.deliver_to_hub(), vec![]);
     assert_eq!(p.hub.session.stats().stale_frames, 1);
     assert_eq!(
-        p.to_agent(),
+        p.deliver_to_agent(),
         vec![Ev::Reset(id, RstCode::PeerReset, Origin::Peer)]
     );
     assert_eq!(p.agent.session.stream_count(), 0);
@@ -159,14 +166,14 @@ fn reset_from_the_agent_when_the_target_refuses() {
     let mut p = Pair::small();
     let id = p.hub.session.open(p.now, &name("ldap"), client()).unwrap();
     p.hub.session.send_data(p.now, id, b"early").unwrap();
-    assert_eq!(p.to_agent().len(), 2);
+    assert_eq!(p.deliver_to_agent().len(), 2);
     assert!(
         p.agent
             .session
             .reset(id, RstCode::Refused, "connection refused")
     );
     assert_eq!(
-        p.to_hub(),
+        p.deliver_to_hub(),
         vec![Ev::Reset(id, RstCode::Refused, Origin::Peer)]
     );
     assert_eq!(p.hub.session.stream_count(), 0);
@@ -186,7 +193,7 @@ fn window_stall_and_resume() {
         Err(SendError::OverCredit { len: 1, allowed: 0 })
     );
     let delivered: usize = p
-        .to_agent()
+        .deliver_to_agent()
         .iter()
         .map(|e| match e {
             Ev::Data(_, d) => d.len(),
@@ -196,11 +203,11 @@ fn window_stall_and_resume() {
     assert_eq!(delivered, 1000);
     // The agent's socket is slow: only 100 bytes written. No credit yet (below a quarter window).
     p.agent.session.consumed(p.now, id, 100);
-    assert_eq!(p.to_hub(), vec![]);
+    assert_eq!(p.deliver_to_hub(), vec![]);
     p.agent.session.consumed(p.now, id, 200);
-    assert_eq!(p.to_hub(), vec![Ev::Writable(id, 300)]);
+    assert_eq!(p.deliver_to_hub(), vec![Ev::Writable(id, 300)]);
     p.hub.session.send_data(p.now, id, &[8; 300]).unwrap();
-    assert_eq!(p.to_agent(), vec![Ev::Data(id, vec![8; 300])]);
+    assert_eq!(p.deliver_to_agent(), vec![Ev::Data(id, vec![8; 300])]);
 }
 
 #[test]
@@ -211,12 +218,12 @@ fn a_stalled_stream_does_not_stall_another() {
     p.hub.session.send_data(p.now, stalled, &[0; 400]).unwrap();
     p.hub.session.send_data(p.now, stalled, &[0; 400]).unwrap();
     p.hub.session.send_data(p.now, stalled, &[0; 200]).unwrap();
-    p.to_agent();
+    p.deliver_to_agent();
     for _ in 0..10 {
         p.hub.session.send_data(p.now, moving, &[1; 400]).unwrap();
-        assert_eq!(p.to_agent(), vec![Ev::Data(moving, vec![1; 400])]);
+        assert_eq!(p.deliver_to_agent(), vec![Ev::Data(moving, vec![1; 400])]);
         p.agent.session.consumed(p.now, moving, 400);
-        p.to_hub();
+        p.deliver_to_hub();
     }
     assert_eq!(p.hub.session.send_credit(stalled), 0);
 }
@@ -239,12 +246,15 @@ fn window_overrun_is_reset_with_code_5_and_the_session_survives() {
     );
     assert_eq!(p.agent.session.stats().violations, 1);
     assert_eq!(
-        p.to_hub(),
+        p.deliver_to_hub(),
         vec![Ev::Reset(victim, RstCode::ProtocolViolation, Origin::Peer)]
     );
     // The other stream and the session carry on.
     p.hub.session.send_data(p.now, bystander, b"fine").unwrap();
-    assert_eq!(p.to_agent(), vec![Ev::Data(bystander, b"fine".to_vec())]);
+    assert_eq!(
+        p.deliver_to_agent(),
+        vec![Ev::Data(bystander, b"fine".to_vec())]
+    );
 }
 
 #[test]
@@ -259,7 +269,7 @@ fn credit_beyond_the_window_is_a_violation() {
         vec![Ev::Reset(id, RstCode::ProtocolViolation, Origin::Local)]
     );
     assert_eq!(
-        p.to_agent(),
+        p.deliver_to_agent(),
         vec![Ev::Reset(id, RstCode::ProtocolViolation, Origin::Peer)]
     );
     let id = p.open_established("a");
@@ -276,7 +286,7 @@ fn credit_beyond_the_window_is_a_violation() {
 fn agent_data_before_open_ok_is_a_violation() {
     let mut p = Pair::small();
     let id = p.hub.session.open(p.now, &name("a"), client()).unwrap();
-    p.to_agent();
+    p.deliver_to_agent();
     let mut raw = Vec::new();
     frame::encode_data(&mut raw, id, b"too soon");
     let events = p.inject(false, &raw).unwrap();
@@ -302,7 +312,7 @@ fn data_after_fin_and_double_fin_are_violations() {
         ]
     );
     assert_eq!(
-        p.to_hub(),
+        p.deliver_to_hub(),
         vec![Ev::Reset(id, RstCode::ProtocolViolation, Origin::Peer)]
     );
     let id = p.open_established("a");
@@ -315,7 +325,7 @@ fn data_after_fin_and_double_fin_are_violations() {
         Ev::Reset(id, RstCode::ProtocolViolation, Origin::Local)
     );
     assert_eq!(
-        p.to_hub(),
+        p.deliver_to_hub(),
         vec![Ev::Reset(id, RstCode::ProtocolViolation, Origin::Peer)]
     );
     let id = p.open_established("a");
@@ -336,7 +346,7 @@ fn idle_streams_are_swept_at_the_exact_deadline() {
     assert_eq!(p.hub.session.next_idle_deadline(), Some(Millis(10_000)));
     p.advance(6_000);
     p.hub.session.send_data(p.now, busy, b"tick").unwrap();
-    p.to_agent();
+    p.deliver_to_agent();
     let mut expired = Vec::new();
     p.now = Millis(9_999);
     p.hub.session.sweep_idle(p.now, &mut expired);
@@ -346,7 +356,7 @@ fn idle_streams_are_swept_at_the_exact_deadline() {
     assert_eq!(expired, vec![quiet]);
     assert_eq!(p.hub.session.stats().idle_resets, 1);
     assert_eq!(
-        p.to_agent(),
+        p.deliver_to_agent(),
         vec![Ev::Reset(quiet, RstCode::Idle, Origin::Peer)]
     );
     // The busy stream was re-armed at its last activity plus the timeout.
@@ -368,7 +378,10 @@ fn the_agent_sweeps_too() {
     let mut expired = Vec::new();
     p.agent.session.sweep_idle(p.now, &mut expired);
     assert_eq!(expired, vec![id]);
-    assert_eq!(p.to_hub(), vec![Ev::Reset(id, RstCode::Idle, Origin::Peer)]);
+    assert_eq!(
+        p.deliver_to_hub(),
+        vec![Ev::Reset(id, RstCode::Idle, Origin::Peer)]
+    );
 }
 
 #[test]
@@ -383,9 +396,9 @@ fn goaway_refuses_new_streams_and_lets_old_ones_finish() {
     assert!(!p.hub.session.is_drained());
     p.hub.session.send_data(p.now, id, b"last words").unwrap();
     p.hub.session.finish(id).unwrap();
-    p.to_agent();
+    p.deliver_to_agent();
     p.agent.session.finish(id).unwrap();
-    p.to_hub();
+    p.deliver_to_hub();
     assert!(p.hub.session.is_drained());
 }
 
@@ -400,7 +413,7 @@ fn frames_in_the_wrong_direction_end_the_session() {
     ));
     let mut p = Pair::small();
     let id = p.hub.session.open(p.now, &name("a"), client()).unwrap();
-    p.to_agent();
+    p.deliver_to_agent();
     let mut raw = Vec::new();
     frame::encode_open_ok(&mut raw, id);
     assert!(matches!(

@@ -146,10 +146,10 @@ impl Pair {
                     while !input.is_empty() {
                         let (used, frame) = end.frames.decode(input)?;
                         input = &input[used..];
-                        if let Some(frame) = frame {
-                            if let Some(ev) = end.session.recv(now, frame)? {
-                                events.push(Ev::from(ev));
-                            }
+                        if let Some(frame) = frame
+                            && let Some(ev) = end.session.recv(now, frame)?
+                        {
+                            events.push(Ev::from(ev));
                         }
                     }
                     if last {
@@ -165,13 +165,13 @@ impl Pair {
     }
 
     /// Sends what the hub queued to the agent; returns the agent's events.
-    pub fn to_agent(&mut self) -> Vec<Ev> {
+    pub fn deliver_to_agent(&mut self) -> Vec<Ev> {
         let mut wire = self.take_message(true);
         self.receive(true, &mut wire).expect("agent session")
     }
 
     /// Sends what the agent queued to the hub; returns the hub's events.
-    pub fn to_hub(&mut self) -> Vec<Ev> {
+    pub fn deliver_to_hub(&mut self) -> Vec<Ev> {
         let mut wire = self.take_message(false);
         self.receive(false, &mut wire).expect("hub session")
     }
@@ -183,9 +183,12 @@ impl Pair {
             .session
             .open(self.now, &name(connector), client())
             .unwrap();
-        assert_eq!(self.to_agent(), vec![Ev::Opened(id, connector.to_string())]);
+        assert_eq!(
+            self.deliver_to_agent(),
+            vec![Ev::Opened(id, connector.to_string())]
+        );
         self.agent.session.accept(id).unwrap();
-        assert_eq!(self.to_hub(), vec![Ev::OpenOk(id)]);
+        assert_eq!(self.deliver_to_hub(), vec![Ev::OpenOk(id)]);
         id
     }
 }
