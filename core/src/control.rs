@@ -66,8 +66,23 @@ pub fn is_valid_agent_id(id: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'@' | b'-'))
 }
 
+/// The longest DATA payload a session may negotiate. Far below the WebSocket message limit, so
+/// a full frame plus its header always fits one message.
+pub const MAX_FRAME_LIMIT: u32 = 1 << 20;
+
+/// The largest credit window a session may negotiate.
+pub const MAX_WINDOW: u32 = 16 << 20;
+
+/// Whether a free-text field is short and printable ASCII: these fields end up in logs, where
+/// control characters, bidirectional overrides or zero-width characters could mislead a reader.
 fn is_printable_text(s: &str) -> bool {
-    s.len() <= MAX_TEXT_FIELD && !s.chars().any(char::is_control)
+    s.len() <= MAX_TEXT_FIELD && s.bytes().all(|b| (0x20..0x7f).contains(&b))
+}
+
+fn has_duplicates(names: &[ConnectorName]) -> bool {
+    let mut sorted = names.to_vec();
+    sorted.sort_unstable();
+    sorted.windows(2).any(|w| w[0] == w[1])
 }
 
 /// Agent → hub, the first message of a session.
@@ -168,7 +183,7 @@ impl ControlMessage {
                 if !is_printable_text(&goaway.reason) {
                     return Err(field(
                         "reason",
-                        "longer than 128 bytes or holds control characters",
+                        "expected at most 128 printable ASCII characters",
                     ));
                 }
             }
@@ -219,9 +234,7 @@ impl Hello {
         if self.connectors.len() > MAX_CONNECTORS {
             return Err(field("connectors", "more than 256 connectors"));
         }
-        let mut seen = self.connectors.clone();
-        seen.sort_unstable();
-        if seen.windows(2).any(|w| w[0] == w[1]) {
+        if has_duplicates(&self.connectors) {
             return Err(field("connectors", "a connector is listed twice"));
         }
         if self.lanes == 0 || self.lanes > MAX_LANES {
@@ -233,7 +246,7 @@ impl Hello {
         if !is_printable_text(&self.software) {
             return Err(field(
                 "software",
-                "longer than 128 bytes or holds control characters",
+                "expected at most 128 printable ASCII characters",
             ));
         }
         Ok(())
@@ -260,34 +273,46 @@ impl Welcome {
         if self.v != PROTOCOL_VERSION {
             return Err(ControlError::Version(self.v));
         }
-        if !is_printable_text(&self.session) || !is_printable_text(&self.replica_id) {
+        if !is_printable_text(&self.session) {
             return Err(field(
                 "session",
-                "longer than 128 bytes or holds control characters",
+                "expected at most 128 printable ASCII characters",
+            ));
+        }
+        if !is_printable_text(&self.replica_id) {
+            return Err(field(
+                "replica_id",
+                "expected at most 128 printable ASCII characters",
             ));
         }
         if self.shards == 0 || self.shard >= self.shards || self.shards > 1024 {
             return Err(field("shard", "expected shard < shards <= 1024"));
         }
-        if !(1024..=16 << 20).contains(&self.window) {
+        if !(1024..=MAX_WINDOW).contains(&self.window) {
             return Err(field("window", "expected 1 KiB to 16 MiB"));
         }
-        if !(1024..=16 << 20).contains(&self.max_frame) {
-            return Err(field("max_frame", "expected 1 KiB to 16 MiB"));
-        }
-        if self.idle_timeout_ms == 0 || self.heartbeat_ms < 100 {
+        if !(1024..=MAX_FRAME_LIMIT).contains(&self.max_frame) || self.max_frame > self.window {
             return Err(field(
-                "heartbeat_ms",
-                "timers must be positive, heartbeat at least 100 ms",
+                "max_frame",
+                "expected 1 KiB to 1 MiB, and at most the window",
             ));
+        }
+        if !(1..=604_800_000).contains(&self.idle_timeout_ms) {
+            return Err(field("idle_timeout_ms", "expected 1 ms to 7 days"));
+        }
+        if !(100..=3_600_000).contains(&self.heartbeat_ms) {
+            return Err(field("heartbeat_ms", "expected 100 ms to 1 hour"));
         }
         if self.accepted.len() > MAX_CONNECTORS || self.refused.len() > MAX_CONNECTORS {
             return Err(field("accepted", "more than 256 connectors"));
         }
+        if has_duplicates(&self.accepted) {
+            return Err(field("accepted", "a connector is listed twice"));
+        }
         if self.refused.iter().any(|r| !is_printable_text(&r.reason)) {
             return Err(field(
                 "refused",
-                "reason longer than 128 bytes or holds control characters",
+                "expected reasons of at most 128 printable ASCII characters",
             ));
         }
         Ok(())

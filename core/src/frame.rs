@@ -190,8 +190,8 @@ pub enum Frame<'a> {
         stream: StreamId,
     },
     /// A piece of a DATA frame's payload, borrowed from the decoder's input. One DATA frame may
-    /// arrive as several pieces when the input was split inside it; an empty DATA frame yields
-    /// no piece.
+    /// arrive as several pieces when the input was split inside it; only an empty DATA frame
+    /// yields an empty piece.
     Data {
         /// The stream.
         stream: StreamId,
@@ -426,13 +426,17 @@ impl FrameDecoder {
                         max: self.max_frame,
                     });
                 }
-                self.state = if len == 0 {
-                    EMPTY_HEADER
-                } else {
-                    DecodeState::Data {
+                if len == 0 {
+                    // Still reported, so the session applies its stream rules to it.
+                    self.state = EMPTY_HEADER;
+                    return Ok(Some(Frame::Data {
                         stream,
-                        remaining: len,
-                    }
+                        payload: &[],
+                    }));
+                }
+                self.state = DecodeState::Data {
+                    stream,
+                    remaining: len,
                 };
                 Ok(None)
             }
@@ -795,16 +799,22 @@ mod tests {
     }
 
     #[test]
-    fn empty_data_frame_yields_nothing() {
+    fn empty_data_frame_yields_one_empty_piece() {
         let mut wire = Vec::new();
         encode_data(&mut wire, StreamId(1), b"");
         encode_fin(&mut wire, StreamId(1));
         let frames = decode_all(&mut FrameDecoder::new(16), &wire).unwrap();
         assert_eq!(
             frames,
-            vec![Frame::Fin {
-                stream: StreamId(1)
-            }]
+            vec![
+                Frame::Data {
+                    stream: StreamId(1),
+                    payload: b""
+                },
+                Frame::Fin {
+                    stream: StreamId(1)
+                }
+            ]
         );
     }
 

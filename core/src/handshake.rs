@@ -64,8 +64,8 @@ pub struct UpgradeRequest<'a> {
     pub path: &'a str,
     /// The query string after `?`, if there was one.
     pub query: Option<&'a str>,
-    /// The `Host` header, if sent (at most one is accepted).
-    pub host: Option<&'a str>,
+    /// The `Host` header; exactly one is required.
+    pub host: &'a str,
     /// The `Sec-WebSocket-Key` as sent, validated as base64 of 16 bytes.
     pub key: &'a str,
     /// The first `Authorization` header's raw value.
@@ -130,6 +130,9 @@ pub enum HandshakeError {
     /// `Sec-WebSocket-Version` is missing, repeated or not 13.
     #[error("Sec-WebSocket-Version is not 13")]
     UnsupportedVersion,
+    /// No `Host` header (RFC 6455 §4.1 and RFC 9112 §3.2 require one).
+    #[error("Host header missing")]
+    MissingHost,
     /// No `Sec-WebSocket-Key` header.
     #[error("Sec-WebSocket-Key missing")]
     MissingKey,
@@ -187,6 +190,7 @@ impl HandshakeError {
             | HandshakeError::HttpVersion
             | HandshakeError::NotWebSocketUpgrade
             | HandshakeError::NotConnectionUpgrade
+            | HandshakeError::MissingHost
             | HandshakeError::MissingKey
             | HandshakeError::DuplicateKey
             | HandshakeError::InvalidKey
@@ -341,8 +345,8 @@ pub fn parse_request<'a>(
         return Err(HandshakeError::MissingSubprotocol);
     }
     let host = match single(headers, "host") {
-        Ok(Some(raw)) => Some(as_text(raw, "Host")?),
-        Ok(None) => None,
+        Ok(Some(raw)) => as_text(raw, "Host")?,
+        Ok(None) => return Err(HandshakeError::MissingHost),
         Err(()) => return Err(HandshakeError::DuplicateHeader("Host")),
     };
     let user_agent = values(headers, "user-agent")
@@ -626,7 +630,7 @@ mod tests {
         assert_eq!(consumed, bytes.len());
         assert_eq!(req.path, "/nowconnect/v1/tunnel");
         assert_eq!(req.query, Some("lane=1"));
-        assert_eq!(req.host, Some("hub.example:443"));
+        assert_eq!(req.host, "hub.example:443");
         assert_eq!(req.key, SAMPLE_KEY);
         assert_eq!(req.authorization, Some(&b"Bearer abc.def.ghi"[..]));
         assert_eq!(req.authorization_count, 1);
@@ -744,6 +748,13 @@ mod tests {
         assert_eq!(err.status(), 426);
         let err = parse_err(&request(&[], "Sec-WebSocket-Version: 13\r\n"));
         assert_eq!(err, HandshakeError::UnsupportedVersion, "repeated");
+    }
+
+    #[test]
+    fn rejects_missing_host() {
+        let err = parse_err(&request(&["Host"], ""));
+        assert_eq!(err, HandshakeError::MissingHost);
+        assert_eq!(err.status(), 400);
     }
 
     #[test]
@@ -920,7 +931,7 @@ mod tests {
 
         let (req, consumed) = complete(parse_request(&wire, &limits()).unwrap());
         assert_eq!(consumed, wire.len());
-        assert_eq!(req.host, Some("hub.example"));
+        assert_eq!(req.host, "hub.example");
         assert_eq!(req.path, "/nowconnect/v1/tunnel");
         assert_eq!(req.query, None);
         assert_eq!(req.key, SAMPLE_KEY);

@@ -15,7 +15,8 @@
 //!
 //! # What the peer can do wrong
 //! A rule broken on one stream (window overrun, DATA after FIN, …) resets that stream with RST 5
-//! and the session goes on. A frame that makes the session itself untrustworthy (an OPEN sent to
+//! and the session goes on. Drivers must send [`Session::transmit`] after each batch of input:
+//! frames a peer provokes are bounded by [`MAX_TRANSMIT_BACKLOG`]. A frame that makes the session itself untrustworthy (an OPEN sent to
 //! the hub, a reused or never-opened stream id, malformed framing) is a [`SessionError`]: the
 //! driver closes the WebSocket with code 4400. Frames for streams that were open but are gone
 //! (a reset crossing a DATA in flight) are expected and ignored.
@@ -163,7 +164,16 @@ pub enum SessionError {
     /// A frame named a stream that was never opened.
     #[error("frame for stream {0}, which was never opened")]
     UnknownStream(StreamId),
+    /// The frames the peer made us queue (RSTs, WINDOWs) pile up unsent: the driver stopped
+    /// sending while it kept reading, or the peer floods us while not reading.
+    #[error("{0} bytes of frames queued for the peer are unsent")]
+    Backlog(usize),
 }
+
+/// The most bytes [`Session::transmit`] may hold when a frame arrives. A driver that sends the
+/// transmit buffer after each batch of input never comes near it; past it, [`Session::recv`]
+/// fails with [`SessionError::Backlog`] rather than let a peer grow the queue without bound.
+pub const MAX_TRANSMIT_BACKLOG: usize = 4 << 20;
 
 /// Why the hub could not open a stream on this session.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
@@ -470,6 +480,9 @@ impl Session {
         now: Millis,
         frame: Frame<'a>,
     ) -> Result<Option<Event<'a>>, SessionError> {
+        if self.transmit.len() > MAX_TRANSMIT_BACKLOG {
+            return Err(SessionError::Backlog(self.transmit.len()));
+        }
         if let Frame::Open {
             stream,
             connector,
@@ -477,6 +490,12 @@ impl Session {
         } = frame
         {
             return self.recv_open(now, stream, connector, peer);
+        }
+        if matches!(frame, Frame::OpenOk { .. }) && self.role == Role::Agent {
+            return Err(SessionError::WrongDirection {
+                frame: "OPEN_OK",
+                role: self.role,
+            });
         }
         let id = frame.stream();
         if !self.streams.contains_key(&id) {
@@ -497,12 +516,6 @@ impl Session {
             // Handled before the stream lookup.
             Frame::Open { .. } => return Ok(None),
             Frame::OpenOk { .. } => {
-                if role == Role::Agent {
-                    return Err(SessionError::WrongDirection {
-                        frame: "OPEN_OK",
-                        role,
-                    });
-                }
                 if stream.phase == Phase::Established {
                     Err(Violation::DuplicateOpenOk)
                 } else {
@@ -513,9 +526,12 @@ impl Session {
             Frame::Data { .. } | Frame::Fin { .. } if awaiting_open_ok => {
                 Err(Violation::BeforeOpenOk)
             }
-            Frame::Data { payload, .. } => stream
-                .on_recv(now, payload.len() as u32)
-                .map(|()| Event::Data { id, data: payload }),
+            Frame::Data { payload, .. } => match stream.on_recv(now, payload.len() as u32) {
+                // An empty DATA frame passes the same checks and then means nothing.
+                Ok(()) if payload.is_empty() => return Ok(None),
+                Ok(()) => Ok(Event::Data { id, data: payload }),
+                Err(violation) => Err(violation),
+            },
             Frame::Fin { .. } => {
                 if stream.recv == Half::Finished {
                     Err(Violation::DuplicateFin)

@@ -174,7 +174,9 @@ impl Stream {
             });
         }
         self.recv_credit -= len;
-        self.last_activity = now;
+        if len > 0 {
+            self.last_activity = now;
+        }
         Ok(())
     }
 
@@ -182,7 +184,9 @@ impl Stream {
     /// in a WINDOW frame, once at least `threshold` bytes have gathered; none once the peer has
     /// finished, since it will send nothing more.
     pub fn on_consumed(&mut self, now: Millis, len: u32, threshold: u32) -> Option<u32> {
-        self.last_activity = now;
+        if len > 0 {
+            self.last_activity = now;
+        }
         self.recv_unreturned = self.recv_unreturned.saturating_add(len);
         if self.recv == Half::Finished || self.recv_unreturned < threshold.max(1) {
             return None;

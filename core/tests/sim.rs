@@ -4,7 +4,9 @@ mod common;
 
 use common::{Ev, Pair, client, name};
 use nowconnect_core::frame::{self, RstCode, StreamId};
-use nowconnect_core::session::{OpenError, Origin, SessionConfig, SessionError};
+use nowconnect_core::session::{
+    MAX_TRANSMIT_BACKLOG, OpenError, Origin, SessionConfig, SessionError,
+};
 use nowconnect_core::stream::SendError;
 use nowconnect_core::time::Millis;
 
@@ -525,4 +527,75 @@ fn churn_does_not_grow_the_deadline_queue() {
         p.hub.session.clear_transmit();
     }
     assert!(p.hub.session.pending_deadlines() <= 2 * p.hub.session.stream_count() + 65);
+}
+
+#[test]
+fn empty_data_obeys_the_stream_rules() {
+    let mut p = Pair::small();
+    let mut raw = Vec::new();
+    frame::encode_data(&mut raw, StreamId(9), b"");
+    assert_eq!(
+        p.inject(true, &raw),
+        Err(SessionError::UnknownStream(StreamId(9)))
+    );
+
+    let mut p = Pair::small();
+    let id = p.open_established("a");
+    let mut raw = Vec::new();
+    frame::encode_data(&mut raw, id, b"");
+    assert_eq!(
+        p.inject(true, &raw).unwrap(),
+        vec![],
+        "empty DATA means nothing"
+    );
+    frame::encode_fin(&mut raw, id);
+    frame::encode_data(&mut raw, id, b"");
+    let events = p.inject(true, &raw).unwrap();
+    assert_eq!(
+        events,
+        vec![
+            Ev::Finished(id, false),
+            Ev::Reset(id, RstCode::ProtocolViolation, Origin::Local)
+        ]
+    );
+}
+
+#[test]
+fn open_ok_to_the_agent_is_wrong_even_for_a_gone_stream() {
+    let mut p = Pair::small();
+    let id = p.open_established("a");
+    p.agent.session.reset(id, RstCode::PeerReset, "");
+    let mut raw = Vec::new();
+    frame::encode_open_ok(&mut raw, id);
+    assert!(matches!(
+        p.inject(true, &raw),
+        Err(SessionError::WrongDirection {
+            frame: "OPEN_OK",
+            ..
+        })
+    ));
+}
+
+#[test]
+fn a_peer_that_provokes_frames_it_never_reads_hits_the_backlog_bound() {
+    let mut p = Pair::new(SessionConfig {
+        max_streams: 1,
+        ..SessionConfig::default()
+    });
+    // Every OPEN beyond the first is refused with an RST 9 that the flooding hub never reads.
+    let mut raw = Vec::new();
+    let mut result = Ok(Vec::new());
+    for id in 1..=400_000u32 {
+        raw.clear();
+        frame::encode_open(&mut raw, StreamId(id), &name("a"), client());
+        result = p.inject(true, &raw);
+        if result.is_err() {
+            break;
+        }
+    }
+    assert!(
+        matches!(result, Err(SessionError::Backlog(_))),
+        "{result:?}"
+    );
+    assert!(p.agent.session.transmit().len() <= MAX_TRANSMIT_BACKLOG + 64);
 }

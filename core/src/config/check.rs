@@ -69,8 +69,12 @@ pub(crate) const JWKS_URL_EXPECTED: &str = "an https:// URL, an http:// URL on a
 /// that authenticate every agent must not travel in clear over a network), or
 /// `file:///absolute/path`.
 pub(crate) fn jwks_url(key: &str, value: &str) -> Result<(), ConfigError> {
-    let fail = |problem: &str| ConfigError::invalid(key, value, problem, JWKS_URL_EXPECTED);
+    let shown = url::mask_userinfo(value);
+    let fail = |problem: &str| ConfigError::invalid(key, &shown, problem, JWKS_URL_EXPECTED);
     let parts = url::split(value).map_err(fail)?;
+    if parts.has_userinfo {
+        return Err(fail("carries credentials"));
+    }
     match parts.scheme.as_str() {
         "https" if parts.host.is_empty() => Err(fail("has no host")),
         "https" => Ok(()),
@@ -88,8 +92,12 @@ pub(crate) fn jwks_url(key: &str, value: &str) -> Result<(), ConfigError> {
 /// Checks an `http://` or `https://` URL with a host.
 pub(crate) fn http_url(key: &str, value: &str) -> Result<(), ConfigError> {
     const EXPECTED: &str = "an http:// or https:// URL with a host";
-    let fail = |problem: &str| ConfigError::invalid(key, value, problem, EXPECTED);
+    let shown = url::mask_userinfo(value);
+    let fail = |problem: &str| ConfigError::invalid(key, &shown, problem, EXPECTED);
     let parts = url::split(value).map_err(fail)?;
+    if parts.has_userinfo {
+        return Err(fail("carries credentials"));
+    }
     if !matches!(parts.scheme.as_str(), "http" | "https") {
         return Err(fail("has the wrong scheme"));
     }

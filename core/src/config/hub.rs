@@ -240,8 +240,8 @@ pub struct ListenerConfig {
     pub connector: ConnectorName,
     /// The address to bind. Required; distinct from every other listen address of the hub
     /// (port 0, an ephemeral port, is exempt). Addresses conflict when the ports are equal and
-    /// the IPs are equal or one is the wildcard of the other's family (`0.0.0.0` covers every
-    /// IPv4 address, `[::]` every IPv6 address).
+    /// the IPs are equal or one is a wildcard covering the other: `0.0.0.0` covers every IPv4
+    /// address, and `[::]` covers every address, since the hub binds it dual-stack.
     pub listen: SocketAddr,
     /// Client source addresses allowed on this listener, checked in addition to
     /// `security.allow_cidrs`. Default: empty, any.
@@ -327,7 +327,7 @@ pub struct LimitsConfig {
     /// Credit window per stream and direction, announced in WELCOME. Default 262144;
     /// 1024 to 16777216.
     pub stream_window_bytes: u32,
-    /// Largest DATA payload, announced in WELCOME. Default 65536; 1024 to 16777216, and at
+    /// Largest DATA payload, announced in WELCOME. Default 65536; 1024 to 1048576, and at
     /// most `stream_window_bytes`, since a larger frame could never be sent within a window.
     pub max_frame_bytes: u32,
     /// A stream with no bytes either way for this long is reset (code 4). Default 300000;
@@ -641,14 +641,19 @@ impl HubConfig {
     }
 }
 
-/// Whether binding `a` and `b` would collide. Port 0 never collides; the wildcard of one
-/// family covers every address of that family.
+/// Whether binding `a` and `b` would collide. Port 0 never collides. `0.0.0.0` covers every
+/// IPv4 address; `[::]` covers every address, because the hub binds it dual-stack (IPv4
+/// clients arrive as IPv4-mapped addresses); a mapped address equals its IPv4 form.
 fn conflict(a: SocketAddr, b: SocketAddr) -> bool {
     if a.port() != b.port() || a.port() == 0 {
         return false;
     }
-    let same_family = a.is_ipv4() == b.is_ipv4();
-    a.ip() == b.ip() || (same_family && (a.ip().is_unspecified() || b.ip().is_unspecified()))
+    let (x, y) = (a.ip().to_canonical(), b.ip().to_canonical());
+    let covers = |wildcard: IpAddr, other: IpAddr| match wildcard {
+        IpAddr::V6(v6) => v6.is_unspecified(),
+        IpAddr::V4(v4) => v4.is_unspecified() && other.is_ipv4(),
+    };
+    x == y || covers(x, y) || covers(y, x)
 }
 
 impl LimitsConfig {
@@ -661,7 +666,12 @@ impl LimitsConfig {
             1024,
             MIB16,
         )?;
-        check::range("limits.max_frame_bytes", self.max_frame_bytes, 1024, MIB16)?;
+        check::range(
+            "limits.max_frame_bytes",
+            self.max_frame_bytes,
+            1024,
+            crate::control::MAX_FRAME_LIMIT,
+        )?;
         if self.max_frame_bytes > self.stream_window_bytes {
             return Err(ConfigError::invalid(
                 "limits.max_frame_bytes",

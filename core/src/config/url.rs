@@ -30,6 +30,12 @@ pub(crate) fn split(url: &str) -> Result<UrlParts<'_>, &'static str> {
     if url.chars().any(|c| c.is_whitespace() || c.is_control()) {
         return Err("contains whitespace");
     }
+    // HTTP clients that follow the WHATWG URL standard read `\` as `/`, so
+    // `http://evil.example\@127.0.0.1/` would pass a loopback check here and reach
+    // `evil.example` there. Neither belongs in a configured URL.
+    if url.contains('\\') {
+        return Err("contains a backslash");
+    }
     let (scheme, after) = url.split_once("://").ok_or("is not a URL")?;
     let scheme_ok = scheme.starts_with(|c: char| c.is_ascii_alphabetic())
         && scheme
@@ -44,6 +50,10 @@ pub(crate) fn split(url: &str) -> Result<UrlParts<'_>, &'static str> {
         Some((_, host_port)) => (true, host_port),
         None => (false, authority),
     };
+    if host_port.contains('%') {
+        // Percent-escapes in a host would be decoded by the client, not by this check.
+        return Err("has a percent-escaped host");
+    }
     let (host, port) = if let Some(bracketed) = host_port.strip_prefix('[') {
         let (host, after_host) = bracketed.split_once(']').ok_or("has an unclosed `[`")?;
         if !matches!(host.parse::<IpAddr>(), Ok(IpAddr::V6(_))) {
@@ -181,7 +191,7 @@ impl WsUrl {
 }
 
 /// Replaces the userinfo of a URL-looking string with `***`, so errors never echo a password.
-fn mask_userinfo(text: &str) -> String {
+pub(crate) fn mask_userinfo(text: &str) -> String {
     let Some((scheme, after)) = text.split_once("://") else {
         return text.to_owned();
     };

@@ -666,6 +666,17 @@ fn listen_addresses_must_be_distinct() {
             "listeners[1].listen",
             "listeners[0].listen",
         ),
+        // `[::]` is bound dual-stack, so it takes IPv4 too.
+        (
+            "listeners: [{ connector: a, listen: \"[::]:389\" }, { connector: b, listen: \"0.0.0.0:389\" }]\n",
+            "listeners[1].listen",
+            "listeners[0].listen",
+        ),
+        (
+            "listeners: [{ connector: a, listen: \"127.0.0.1:389\" }, { connector: b, listen: \"[::ffff:127.0.0.1]:389\" }]\n",
+            "listeners[1].listen",
+            "listeners[0].listen",
+        ),
     ];
     for (extra, key, other) in cases {
         let err = load_err(extra);
@@ -679,7 +690,7 @@ fn listen_addresses_must_be_distinct() {
     HubConfig::load(
         &format!(
             "{MINIMAL}listeners: [{{ connector: a, listen: \"10.0.0.1:389\" }}, {{ connector: a, listen: \"10.0.0.2:389\" }}, \
-             {{ connector: a, listen: \"[::]:389\" }}, {{ connector: b, listen: \"127.0.0.1:0\" }}, {{ connector: c, listen: \"127.0.0.1:0\" }}]\n"
+             {{ connector: a, listen: \"[fd00::1]:389\" }}, {{ connector: b, listen: \"127.0.0.1:0\" }}, {{ connector: c, listen: \"127.0.0.1:0\" }}]\n"
         ),
         no_env,
     )
@@ -711,10 +722,15 @@ fn security_rules() {
         ("https:///jwks", "no host"),
         ("file://nfs-server/jwks.json", "remote host"),
         ("jwks.json", "not a URL"),
+        // A WHATWG client reads `\` as `/`: the real host would be evil.example.
+        ("http://evil.example\\\\@127.0.0.1/jwks", "backslash"),
+        ("http://%6c%6fcalhost/jwks", "percent-escaped"),
+        ("https://user:s3cret@idp.example.com/jwks", "credentials"),
     ] {
         let err = sec(&format!("jwks_url: \"{bad}\", audience: nc"));
         assert_key(&err, "security.jwks_url");
         assert!(err.to_string().contains(needle), "{err}");
+        assert!(!err.to_string().contains("s3cret"), "{err}");
     }
     for ok in [
         "http://127.0.0.1:8080/jwks",
