@@ -2,11 +2,13 @@
 # Runs every fuzz target of nowconnect-core for the given number of seconds each
 # (default 30), starting from the seed inputs in core/fuzz/seeds/. Fails on any crash.
 #
-#   scripts/fuzz.sh          # about 30 s per target, as CI does
-#   scripts/fuzz.sh 600      # the ten-minute local runs
+#   scripts/fuzz.sh                  # about 30 s per target, as CI does
+#   scripts/fuzz.sh 600              # the ten-minute local runs
+#   scripts/fuzz.sh 600 hello ws_decoder   # only these targets
 set -euo pipefail
 cd "$(dirname "$0")/../core"
 seconds=${1:-30}
+shift || true
 
 if ! cargo fuzz --version >/dev/null 2>&1; then
     cargo install cargo-fuzz --locked --version 0.13.2
@@ -20,7 +22,11 @@ else
     fuzz=(cargo fuzz)
 fi
 
-targets=$("${fuzz[@]}" list)
+if (($#)); then
+    targets="$*"
+else
+    targets=$("${fuzz[@]}" list)
+fi
 for target in $targets; do
     "${fuzz[@]}" build -O "$target"
 done
