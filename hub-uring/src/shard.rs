@@ -1,1 +1,0 @@
-//! Placeholder: written in a later change.

@@ -1,0 +1,155 @@
+//! One client connection: admission, routing to a session, and the two directions of bytes.
+//!
+//! Client → agent: read into a pooled buffer behind the headroom, only as much as the stream's
+//! credit allows, and hand the buffer to the session's writer as a finished frame. Agent →
+//! client: write what the session delivers, then report it consumed so credit flows back. A
+//! reset from either side ends the connection with a TCP RST (`SO_LINGER` 0).
+
+use std::net::SocketAddr;
+use std::rc::Rc;
+
+use compio::BufResult;
+use compio::buf::IoBuf;
+use compio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use compio::net::TcpStream;
+use futures_util::future::{Either, select};
+use nowconnect_core::frame::StreamId;
+use tokio::sync::{Notify, mpsc};
+
+use super::ShardCtx;
+use super::pool::HEADROOM;
+use super::session::{SessionCtx, ToClient};
+use crate::metrics::{ConnectorMetrics, RejectReason};
+
+/// Closes `stream` with a TCP RST.
+pub(crate) fn reset(stream: &TcpStream) {
+    let _ = stream.set_zero_linger();
+}
+
+/// Serves a client accepted on listener `listener` of this shard.
+pub(crate) async fn serve(shard: Rc<ShardCtx>, stream: TcpStream, peer: SocketAddr, listener: usize) {
+    let info = &shard.listeners[listener];
+    let metrics = info.metrics.clone();
+    let ip = peer.ip();
+    let reject = |reason: RejectReason| {
+        metrics.client_rejected(reason);
+        reset(&stream);
+        tracing::debug!(connector = %info.connector, %peer, reason = reason.as_str(), "client refused");
+    };
+    if !shard.shared.config.security.allow_cidrs.allows(ip) || !info.allow.allows(ip) {
+        return reject(RejectReason::Cidr);
+    }
+    if shard.is_draining() {
+        return reject(RejectReason::Draining);
+    }
+    let Some(session) = shard.route(&info.connector) else {
+        return reject(RejectReason::NoAgent);
+    };
+    let Some((id, rx, credit)) = session.open_stream(&info.connector, peer, metrics.clone()) else {
+        return reject(RejectReason::Overload);
+    };
+    metrics.stream_opened();
+    let _ = stream.set_nodelay(true);
+    pump(shard, session, id, stream, rx, credit, metrics).await;
+}
+
+/// How a direction ended.
+enum Outcome {
+    /// This direction finished normally.
+    Done,
+    /// The stream was reset (by the agent, the sweeper, the session ending, or the client).
+    Reset,
+}
+
+async fn pump(
+    shard: Rc<ShardCtx>,
+    session: Rc<SessionCtx>,
+    id: StreamId,
+    stream: TcpStream,
+    rx: mpsc::UnboundedReceiver<ToClient>,
+    credit: Rc<Notify>,
+    metrics: ConnectorMetrics,
+) {
+    let up = Box::pin(client_to_agent(&shard, &session, id, stream.clone(), &credit, &metrics));
+    let down = Box::pin(agent_to_client(&session, id, stream.clone(), rx));
+    let outcome = match select(up, down).await {
+        Either::Left((Outcome::Done, down)) => down.await,
+        Either::Left((Outcome::Reset, _)) => Outcome::Reset,
+        Either::Right((outcome, _)) => outcome,
+    };
+    if let Outcome::Reset = outcome {
+        reset(&stream);
+    }
+}
+
+/// Client → agent. Done when the client half-closed (FIN sent to the agent).
+async fn client_to_agent(
+    shard: &ShardCtx,
+    session: &SessionCtx,
+    id: StreamId,
+    mut reader: TcpStream,
+    credit: &Notify,
+    metrics: &ConnectorMetrics,
+) -> Outcome {
+    loop {
+        let allowed = session.credit(id);
+        if allowed == 0 {
+            if session.has_ended() {
+                return Outcome::Reset;
+            }
+            credit.notified().await;
+            continue;
+        }
+        let want = allowed.min(shard.pool.payload_capacity());
+        let buf = shard.pool.take();
+        let BufResult(result, slice) = reader.read(buf.slice(HEADROOM..HEADROOM + want)).await;
+        let buf = slice.into_inner();
+        match result {
+            Ok(0) => {
+                shard.pool.give(buf);
+                session.finish(id);
+                return Outcome::Done;
+            }
+            Ok(n) => {
+                metrics.bytes_to_agent(n as u64);
+                if session.send_data(id, buf, n).is_err() {
+                    // The stream is gone (reset while we read); the other direction says why.
+                    return Outcome::Reset;
+                }
+            }
+            Err(_) => {
+                shard.pool.give(buf);
+                session.client_reset(id);
+                return Outcome::Reset;
+            }
+        }
+    }
+}
+
+/// Agent → client. Done when the stream closed normally (both directions finished).
+async fn agent_to_client(
+    session: &SessionCtx,
+    id: StreamId,
+    mut writer: TcpStream,
+    mut rx: mpsc::UnboundedReceiver<ToClient>,
+) -> Outcome {
+    while let Some(msg) = rx.recv().await {
+        match msg {
+            ToClient::OpenOk => {}
+            ToClient::Data(bytes) => {
+                let n = bytes.len();
+                let BufResult(result, _) = writer.write_all(bytes).await;
+                if result.is_err() {
+                    session.client_reset(id);
+                    return Outcome::Reset;
+                }
+                session.consumed(id, n);
+            }
+            ToClient::Fin => {
+                let _ = writer.shutdown().await;
+            }
+            ToClient::Reset(_) => return Outcome::Reset,
+        }
+    }
+    Outcome::Done
+}

@@ -1,0 +1,595 @@
+//! One agent session on a shard: the core session state, the writer that batches outgoing
+//! messages, the reader that dispatches incoming frames to clients, and the timers.
+//!
+//! Everything here runs on the shard's single thread, so state is shared with `Rc` and
+//! `RefCell`; no borrow is ever held across an `.await`.
+
+use std::cell::{Cell, RefCell};
+use std::collections::{HashMap, VecDeque};
+use std::io;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use compio::BufResult;
+use compio::buf::IoBuf;
+use compio::io::{AsyncRead, AsyncWriteExt};
+use compio::net::TcpStream;
+use nowconnect_core::frame::{FrameDecoder, RstCode, StreamId};
+use nowconnect_core::heartbeat::{Heartbeat, HeartbeatAction};
+use nowconnect_core::name::ConnectorName;
+use nowconnect_core::session::{Event, Session, SessionError};
+use nowconnect_core::stream::SendError;
+use nowconnect_core::time::Millis;
+use nowconnect_core::ws::{self, CloseCode};
+use tokio::sync::{Notify, mpsc};
+
+use super::ShardCtx;
+use super::pool::HEADROOM;
+use crate::metrics::{CloseReason, ConnectorMetrics};
+
+/// Bytes read from an agent's connection at a time.
+const READ_BUFFER: usize = 64 * 1024;
+
+/// What a session tells a client connection.
+#[derive(Debug)]
+pub(crate) enum ToClient {
+    /// The agent reached the target.
+    OpenOk,
+    /// Bytes for the client.
+    Data(Vec<u8>),
+    /// The agent finished its direction.
+    Fin,
+    /// The stream is gone: reset the client's connection.
+    Reset(CloseReason),
+}
+
+/// A client connection as its session sees it.
+struct Slot {
+    tx: mpsc::UnboundedSender<ToClient>,
+    credit: Rc<Notify>,
+    open_deadline: Option<Millis>,
+    opened_at: Instant,
+    metrics: ConnectorMetrics,
+}
+
+/// An outgoing WebSocket message: `buf[start..]` is sent.
+struct OutBuf {
+    buf: Vec<u8>,
+    start: usize,
+    pooled: bool,
+}
+
+/// Why a session ended, for the close frame and the log.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Ending {
+    pub(crate) code: CloseCode,
+    pub(crate) reason: &'static str,
+}
+
+/// One agent session on this shard.
+pub(crate) struct SessionCtx {
+    pub(crate) id: String,
+    pub(crate) agent_id: String,
+    pub(crate) peer: SocketAddr,
+    pub(crate) accepted: Vec<ConnectorName>,
+    shard: Rc<ShardCtx>,
+    core: RefCell<Session>,
+    slots: RefCell<HashMap<StreamId, Slot>>,
+    out: RefCell<VecDeque<OutBuf>>,
+    out_notify: Notify,
+    heartbeat: RefCell<Heartbeat>,
+    ended: Cell<Option<Ending>>,
+    ended_notify: Notify,
+    open_timeout_ms: u64,
+}
+
+impl SessionCtx {
+    pub(crate) fn new(
+        shard: Rc<ShardCtx>,
+        id: String,
+        agent_id: String,
+        peer: SocketAddr,
+        accepted: Vec<ConnectorName>,
+        core: Session,
+    ) -> Rc<SessionCtx> {
+        let now = shard.now();
+        let limits = &shard.shared.config.limits;
+        Rc::new(SessionCtx {
+            id,
+            agent_id,
+            peer,
+            accepted,
+            heartbeat: RefCell::new(Heartbeat::new(now, limits.heartbeat_ms, true)),
+            open_timeout_ms: limits.open_timeout_ms,
+            shard,
+            core: RefCell::new(core),
+            slots: RefCell::new(HashMap::new()),
+            out: RefCell::new(VecDeque::new()),
+            out_notify: Notify::new(),
+            ended: Cell::new(None),
+            ended_notify: Notify::new(),
+        })
+    }
+
+    /// Streams open on this session, for least-loaded routing.
+    pub(crate) fn load(&self) -> usize {
+        self.core.borrow().stream_count()
+    }
+
+    /// Whether new streams may be routed here.
+    pub(crate) fn is_routable(&self) -> bool {
+        self.ended.get().is_none() && !self.core.borrow().is_going_away()
+    }
+
+    /// Whether the session has ended.
+    pub(crate) fn has_ended(&self) -> bool {
+        self.ended.get().is_some()
+    }
+
+    /// Opens a stream for a client; returns its id, its message channel and its credit signal.
+    pub(crate) fn open_stream(
+        &self,
+        connector: &ConnectorName,
+        peer: SocketAddr,
+        metrics: ConnectorMetrics,
+    ) -> Option<(StreamId, mpsc::UnboundedReceiver<ToClient>, Rc<Notify>)> {
+        if self.ended.get().is_some() {
+            return None;
+        }
+        let now = self.shard.now();
+        let id = self.core.borrow_mut().open(now, connector, peer).ok()?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        let credit = Rc::new(Notify::new());
+        self.slots.borrow_mut().insert(
+            id,
+            Slot {
+                tx,
+                credit: credit.clone(),
+                open_deadline: Some(now + self.open_timeout_ms),
+                opened_at: Instant::now(),
+                metrics,
+            },
+        );
+        self.flush_transmit();
+        Some((id, rx, credit))
+    }
+
+    /// Bytes the client's stream may send now, capped at one frame.
+    pub(crate) fn credit(&self, id: StreamId) -> usize {
+        let core = self.core.borrow();
+        core.send_credit(id).min(core.config().max_frame) as usize
+    }
+
+    /// Sends `len` bytes the client reader placed at `buf[HEADROOM..]` as one DATA frame in
+    /// one WebSocket message, without copying them.
+    pub(crate) fn send_data(&self, id: StreamId, mut buf: Vec<u8>, len: usize) -> Result<(), SendError> {
+        self.flush_transmit();
+        let now = self.shard.now();
+        let frame_start = self
+            .core
+            .borrow_mut()
+            .seal_data(now, id, &mut buf, HEADROOM, len)?;
+        let payload_len = (HEADROOM - frame_start + len) as u64;
+        let start = ws::encode_header_before(&mut buf, frame_start, true, ws::Opcode::Binary, payload_len, None)
+            .map_err(|e| SendError::Headroom(nowconnect_core::frame::HeadroomError { needed: e.needed, available: e.available }))?;
+        buf.truncate(HEADROOM + len);
+        self.push_out(OutBuf {
+            buf,
+            start,
+            pooled: true,
+        });
+        Ok(())
+    }
+
+    /// The client finished sending.
+    pub(crate) fn finish(&self, id: StreamId) {
+        let closed = self.core.borrow_mut().finish(id);
+        if let Ok(true) = closed {
+            self.release(id, CloseReason::Normal);
+        }
+        self.flush_transmit();
+    }
+
+    /// The client's connection failed or was reset: tell the agent.
+    pub(crate) fn client_reset(&self, id: StreamId) {
+        if self.core.borrow_mut().reset(id, RstCode::PeerReset, "client reset") {
+            self.release(id, CloseReason::ClientReset);
+        }
+        self.flush_transmit();
+    }
+
+    /// `n` bytes reached the client.
+    pub(crate) fn consumed(&self, id: StreamId, n: usize) {
+        let now = self.shard.now();
+        self.core.borrow_mut().consumed(now, id, n);
+        self.flush_transmit();
+    }
+
+    /// Forgets a stream's slot and records why it closed.
+    fn release(&self, id: StreamId, reason: CloseReason) {
+        if let Some(slot) = self.slots.borrow_mut().remove(&id) {
+            slot.metrics.stream_closed(reason);
+        }
+    }
+
+    /// Ends a stream from this side: tells the client and the agent.
+    fn reset_stream(&self, id: StreamId, code: RstCode, reason: CloseReason, text: &str) {
+        self.core.borrow_mut().reset(id, code, text);
+        if let Some(slot) = self.slots.borrow_mut().remove(&id) {
+            slot.metrics.stream_closed(reason);
+            let _ = slot.tx.send(ToClient::Reset(reason));
+        }
+    }
+
+    fn push_out(&self, out: OutBuf) {
+        self.out.borrow_mut().push_back(out);
+        self.out_notify.notify_one();
+    }
+
+    /// Moves frames the core queued into one WebSocket binary message.
+    fn flush_transmit(&self) {
+        let mut core = self.core.borrow_mut();
+        let pending = core.transmit();
+        if pending.is_empty() {
+            return;
+        }
+        let mut msg = Vec::with_capacity(ws::MAX_HEADER_LEN + pending.len());
+        let mut header = [0u8; ws::MAX_HEADER_LEN];
+        let n = ws::encode_header(&mut header, true, ws::Opcode::Binary, pending.len() as u64, None);
+        msg.extend_from_slice(&header[..n]);
+        msg.extend_from_slice(pending);
+        core.clear_transmit();
+        drop(core);
+        self.push_out(OutBuf {
+            buf: msg,
+            start: 0,
+            pooled: false,
+        });
+    }
+
+    fn push_control(&self, opcode: ws::Opcode, payload: &[u8]) {
+        let mut msg = Vec::with_capacity(ws::MAX_HEADER_LEN + payload.len());
+        ws::encode_frame(&mut msg, true, opcode, payload, None);
+        self.push_out(OutBuf {
+            buf: msg,
+            start: 0,
+            pooled: false,
+        });
+    }
+
+    /// Queues a text message (WELCOME, GOAWAY).
+    pub(crate) fn send_text(&self, text: &str) {
+        self.push_control(ws::Opcode::Text, text.as_bytes());
+    }
+
+    /// Sends GOAWAY: no new streams here; existing ones finish.
+    pub(crate) fn go_away(&self, reason: &str) {
+        if self.ended.get().is_some() || self.core.borrow().is_going_away() {
+            return;
+        }
+        self.core.borrow_mut().go_away();
+        let goaway = nowconnect_core::control::Goaway {
+            reason: reason.to_string(),
+        };
+        self.send_text(&goaway.to_json());
+        self.check_drained();
+    }
+
+    fn check_drained(&self) {
+        if self.core.borrow().is_drained() {
+            self.end(Ending {
+                code: CloseCode::NORMAL,
+                reason: "drained",
+            });
+        }
+    }
+
+    /// Ends the session: every client is reset, the close frame is queued.
+    pub(crate) fn end(&self, ending: Ending) {
+        if self.ended.get().is_some() {
+            return;
+        }
+        self.ended.set(Some(ending));
+        let mut ids = Vec::new();
+        self.core.borrow_mut().end(&mut ids);
+        let slots: Vec<Slot> = self.slots.borrow_mut().drain().map(|(_, s)| s).collect();
+        for slot in slots {
+            slot.metrics.stream_closed(CloseReason::SessionEnded);
+            let _ = slot.tx.send(ToClient::Reset(CloseReason::SessionEnded));
+        }
+        let mut close = Vec::new();
+        ws::encode_close(&mut close, ending.code, ending.reason, None);
+        self.push_out(OutBuf {
+            buf: close,
+            start: 0,
+            pooled: false,
+        });
+        self.ended_notify.notify_waiters();
+        self.out_notify.notify_one();
+    }
+
+    async fn wait_ended(&self) {
+        loop {
+            let notified = self.ended_notify.notified();
+            if self.ended.get().is_some() {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// Handles one event from the core session.
+    fn dispatch(&self, event: Event<'_>) {
+        match event {
+            Event::OpenOk { id } => {
+                if let Some(slot) = self.slots.borrow_mut().get_mut(&id) {
+                    slot.open_deadline = None;
+                    slot.metrics.open_latency(slot.opened_at.elapsed().as_secs_f64());
+                    let _ = slot.tx.send(ToClient::OpenOk);
+                }
+            }
+            Event::Data { id, data } => {
+                if let Some(slot) = self.slots.borrow().get(&id) {
+                    slot.metrics.bytes_to_client(data.len() as u64);
+                    let _ = slot.tx.send(ToClient::Data(data.to_vec()));
+                }
+            }
+            Event::Finished { id, closed } => {
+                let slots = self.slots.borrow();
+                if let Some(slot) = slots.get(&id) {
+                    let _ = slot.tx.send(ToClient::Fin);
+                }
+                drop(slots);
+                if closed {
+                    self.release(id, CloseReason::Normal);
+                }
+            }
+            Event::Reset { id, code, .. } => {
+                let reason = close_reason(code);
+                if let Some(slot) = self.slots.borrow_mut().remove(&id) {
+                    slot.metrics.stream_closed(reason);
+                    let _ = slot.tx.send(ToClient::Reset(reason));
+                }
+            }
+            Event::Writable { id, .. } => {
+                if let Some(slot) = self.slots.borrow().get(&id) {
+                    slot.credit.notify_one();
+                }
+            }
+            Event::Opened { .. } => {}
+        }
+    }
+
+    /// Runs the session until it ends: reader, writer and timers.
+    pub(crate) async fn run(self: Rc<Self>, stream: TcpStream, decoder: ws::Decoder, leftover: Vec<u8>) {
+        let (reader, writer) = stream.into_split();
+        let writer_task = compio::runtime::spawn(self.clone().write_loop(writer));
+        let timer_task = compio::runtime::spawn(self.clone().timer_loop());
+        let ending = self.clone().read_loop(reader, decoder, leftover).await;
+        self.end(ending);
+        // The writer sends the close frame and stops; give it a moment, then stop timers.
+        let _ = compio::time::timeout(Duration::from_secs(2), writer_task).await;
+        drop(timer_task);
+    }
+
+    async fn read_loop(self: Rc<Self>, mut reader: TcpStream, mut decoder: ws::Decoder, leftover: Vec<u8>) -> Ending {
+        let max_frame = self.core.borrow().config().max_frame;
+        let mut frames = FrameDecoder::new(max_frame);
+        // Bytes that followed the upgrade request are processed first.
+        let mut buf = leftover;
+        loop {
+            if !buf.is_empty() {
+                if let Err(ending) = self.process(&mut decoder, &mut frames, &mut buf[..]) {
+                    return ending;
+                }
+                self.flush_transmit();
+                if let Some(ending) = self.ended.get() {
+                    return ending;
+                }
+            }
+            buf.clear();
+            buf.reserve(READ_BUFFER);
+            let read = futures_util::future::select(Box::pin(reader.read(buf)), Box::pin(self.wait_ended())).await;
+            let (result, returned) = match read {
+                futures_util::future::Either::Left((BufResult(result, returned), _)) => (result, returned),
+                futures_util::future::Either::Right(_) => {
+                    return self.ended.get().unwrap_or(Ending {
+                        code: CloseCode::NORMAL,
+                        reason: "ended",
+                    });
+                }
+            };
+            buf = returned;
+            match result {
+                Ok(0) => {
+                    return Ending {
+                        code: CloseCode::GOING_AWAY,
+                        reason: "agent closed the connection",
+                    };
+                }
+                Ok(_) => {}
+                Err(_) => {
+                    return Ending {
+                        code: CloseCode::GOING_AWAY,
+                        reason: "agent connection failed",
+                    };
+                }
+            }
+            self.heartbeat.borrow_mut().on_received(self.shard.now());
+        }
+    }
+
+    /// Feeds received bytes through the WebSocket and frame decoders into the core session.
+    fn process(&self, decoder: &mut ws::Decoder, frames: &mut FrameDecoder, input: &mut [u8]) -> Result<(), Ending> {
+        let now = self.shard.now();
+        let mut pos = 0;
+        while pos < input.len() {
+            let (n, event) = decoder.decode(&mut input[pos..]).map_err(|e| {
+                self.shard.shared.metrics.protocol_error("websocket");
+                tracing::warn!(session = %self.id, agent = %self.agent_id, error = %e, "websocket protocol error");
+                Ending {
+                    code: e.close_code(),
+                    reason: "websocket protocol error",
+                }
+            })?;
+            match event {
+                Some(ws::Event::Binary { data, last }) => {
+                    let mut rest: &[u8] = data;
+                    while !rest.is_empty() {
+                        let (used, frame) = frames.decode(rest).map_err(|e| self.tunnel_error(SessionError::Frame(e)))?;
+                        rest = &rest[used..];
+                        if let Some(frame) = frame {
+                            let event = self.core.borrow_mut().recv(now, frame).map_err(|e| self.tunnel_error(e))?;
+                            if let Some(event) = event {
+                                self.dispatch(event);
+                            }
+                        }
+                    }
+                    if last {
+                        frames.end_of_message().map_err(|e| self.tunnel_error(SessionError::Frame(e)))?;
+                    }
+                }
+                Some(ws::Event::Ping(payload)) => self.push_control(ws::Opcode::Pong, payload.as_bytes()),
+                Some(ws::Event::Pong(_)) => {}
+                Some(ws::Event::Text(_)) => {
+                    self.shard.shared.metrics.protocol_error("unexpected_text");
+                    return Err(Ending {
+                        code: CloseCode::TUNNEL_PROTOCOL_ERROR,
+                        reason: "unexpected control message",
+                    });
+                }
+                Some(ws::Event::Close(_)) => {
+                    return Err(Ending {
+                        code: CloseCode::NORMAL,
+                        reason: "agent closed the session",
+                    });
+                }
+                None => {}
+            }
+            pos += n;
+        }
+        self.check_drained();
+        Ok(())
+    }
+
+    fn tunnel_error(&self, e: SessionError) -> Ending {
+        self.shard.shared.metrics.protocol_error("tunnel");
+        tracing::warn!(session = %self.id, agent = %self.agent_id, error = %e, "tunnel protocol error");
+        Ending {
+            code: CloseCode::TUNNEL_PROTOCOL_ERROR,
+            reason: "tunnel protocol error",
+        }
+    }
+
+    async fn write_loop(self: Rc<Self>, mut writer: TcpStream) {
+        let mut batch: Vec<compio::buf::Slice<Vec<u8>>> = Vec::new();
+        let mut pooled: Vec<bool> = Vec::new();
+        loop {
+            {
+                let mut out = self.out.borrow_mut();
+                // Batch what is queued into one vectored write.
+                while let Some(o) = out.pop_front() {
+                    batch.push(o.buf.slice(o.start..));
+                    pooled.push(o.pooled);
+                    if batch.len() >= 64 {
+                        break;
+                    }
+                }
+            }
+            if batch.is_empty() {
+                if self.ended.get().is_some() {
+                    let _ = writer.shutdown().await;
+                    return;
+                }
+                self.out_notify.notified().await;
+                continue;
+            }
+            let BufResult(result, returned) = writer.write_vectored_all(std::mem::take(&mut batch)).await;
+            for (slice, was_pooled) in returned.into_iter().zip(pooled.drain(..)) {
+                if was_pooled {
+                    self.shard.pool.give(slice.into_inner());
+                }
+            }
+            if result.is_err() {
+                self.end(Ending {
+                    code: CloseCode::GOING_AWAY,
+                    reason: "agent connection failed",
+                });
+                self.out.borrow_mut().clear();
+                return;
+            }
+        }
+    }
+
+    async fn timer_loop(self: Rc<Self>) {
+        let sweep = Duration::from_millis(self.shard.shared.config.limits.sweep_interval_ms);
+        let mut expired = Vec::new();
+        loop {
+            compio::time::sleep(sweep.min(Duration::from_millis(
+                self.shard.shared.config.limits.heartbeat_ms,
+            )))
+            .await;
+            if self.ended.get().is_some() {
+                return;
+            }
+            let now = self.shard.now();
+            match self.heartbeat.borrow_mut().poll(now) {
+                HeartbeatAction::SendPing => self.push_control(ws::Opcode::Ping, b""),
+                HeartbeatAction::Dead => {
+                    tracing::warn!(session = %self.id, agent = %self.agent_id, "agent silent for three heartbeats");
+                    self.end(Ending {
+                        code: CloseCode::HEARTBEAT_TIMEOUT,
+                        reason: "heartbeat timeout",
+                    });
+                    return;
+                }
+                HeartbeatAction::Wait => {}
+            }
+            expired.clear();
+            self.core.borrow_mut().sweep_idle(now, &mut expired);
+            for id in expired.drain(..) {
+                if let Some(slot) = self.slots.borrow_mut().remove(&id) {
+                    slot.metrics.stream_closed(CloseReason::Idle);
+                    let _ = slot.tx.send(ToClient::Reset(CloseReason::Idle));
+                }
+            }
+            let late: Vec<StreamId> = self
+                .slots
+                .borrow()
+                .iter()
+                .filter(|(_, s)| s.open_deadline.is_some_and(|d| d <= now))
+                .map(|(id, _)| *id)
+                .collect();
+            for id in late {
+                self.reset_stream(id, RstCode::Unreachable, CloseReason::OpenTimeout, "open timeout");
+            }
+            self.flush_transmit();
+            self.check_drained();
+        }
+    }
+}
+
+/// The metric label for an RST code received from the agent.
+fn close_reason(code: RstCode) -> CloseReason {
+    match code {
+        RstCode::Refused => CloseReason::Refused,
+        RstCode::Unreachable => CloseReason::Unreachable,
+        RstCode::NotAuthorized => CloseReason::NotAuthorized,
+        RstCode::Idle => CloseReason::Idle,
+        RstCode::ProtocolViolation => CloseReason::ProtocolViolation,
+        RstCode::PeerReset => CloseReason::AgentReset,
+        RstCode::SessionEnded => CloseReason::SessionEnded,
+        RstCode::NoSuchConnector => CloseReason::NoSuchConnector,
+        RstCode::Overload => CloseReason::Overload,
+    }
+}
+
+impl From<io::Error> for Ending {
+    fn from(_: io::Error) -> Ending {
+        Ending {
+            code: CloseCode::GOING_AWAY,
+            reason: "connection failed",
+        }
+    }
+}
