@@ -1,0 +1,375 @@
+//! A real hub process and an agent driven frame by frame: opening, data both ways, half-close,
+//! resets, idle sweep, heartbeat, window overrun, admission and drain.
+//!
+//! The driver under test is `NOWCONNECT_TEST_DRIVER` (`io_uring`, `epoll`, or `auto`);
+//! `scripts/test.sh` runs the suite once with each.
+
+mod support;
+
+use std::io::{Read, Write};
+use std::net::{Shutdown, TcpStream};
+use std::time::{Duration, Instant};
+
+use nowconnect_core::frame::{self, RstCode, StreamId};
+use support::*;
+
+const WAIT: Duration = Duration::from_secs(10);
+
+struct Rig {
+    hub: Hub,
+    key: SigningKey,
+}
+
+fn rig(connectors: &[&str], limits: &str) -> Rig {
+    let dir = TempDir::new("hub");
+    let key = SigningKey::generate("k1");
+    let jwks = dir.path("jwks.json");
+    write_jwks(&jwks, &[&key]);
+    let yaml = hub_yaml(&jwks, connectors, limits);
+    let hub = Hub::start(dir, &yaml);
+    Rig { hub, key }
+}
+
+impl Rig {
+    fn agent(&self, connectors: &[&str]) -> RawAgent {
+        RawAgent::connect(self.hub.addrs.tunnel, &self.key.token("agent-1"), "agent-1", connectors)
+    }
+
+    fn client(&self, listener: usize) -> TcpStream {
+        let s = TcpStream::connect(self.hub.addrs.listeners[listener]).unwrap();
+        s.set_read_timeout(Some(WAIT)).unwrap();
+        s
+    }
+}
+
+fn open_of(f: &OwnedFrame) -> Option<StreamId> {
+    match f {
+        OwnedFrame::Open(id, ..) => Some(*id),
+        _ => None,
+    }
+}
+
+fn expect_open(agent: &mut RawAgent) -> StreamId {
+    let f = agent.expect(WAIT, |f| open_of(f).is_some());
+    open_of(&f).unwrap()
+}
+
+fn frames(build: impl FnOnce(&mut Vec<u8>)) -> Vec<u8> {
+    let mut v = Vec::new();
+    build(&mut v);
+    v
+}
+
+/// Collects DATA for `id` until `len` bytes or FIN; returns the bytes.
+fn collect_data(agent: &mut RawAgent, id: StreamId, len: usize) -> Vec<u8> {
+    let mut got = Vec::new();
+    while got.len() < len {
+        match agent.expect(WAIT, |f| matches!(f, OwnedFrame::Data(s, _) | OwnedFrame::Fin(s) if *s == id)) {
+            OwnedFrame::Data(_, d) => got.extend_from_slice(&d),
+            _ => break,
+        }
+    }
+    got
+}
+
+#[test]
+fn welcome_accepts_configured_connectors_and_refuses_others() {
+    let rig = rig(&["ldap"], "");
+    let agent = rig.agent(&["ldap", "pg"]);
+    assert_eq!(agent.welcome.accepted.len(), 1);
+    assert_eq!(agent.welcome.accepted[0].as_str(), "ldap");
+    assert_eq!(agent.welcome.refused.len(), 1);
+    assert_eq!(agent.welcome.refused[0].connector.as_str(), "pg");
+    assert_eq!(agent.welcome.replica_id, "hub-test");
+    assert_eq!(agent.welcome.window, 262_144);
+}
+
+#[test]
+fn client_first_data_arrives_before_open_ok_and_echo_flows_back() {
+    let rig = rig(&["ldap"], "");
+    let mut agent = rig.agent(&["ldap"]);
+    let mut client = rig.client(0);
+    client.write_all(b"bind request").unwrap();
+    let f = agent.expect(WAIT, |f| open_of(f).is_some());
+    let OwnedFrame::Open(id, connector, peer) = f else { unreachable!() };
+    assert_eq!(connector, "ldap");
+    assert_eq!(peer, client.local_addr().unwrap());
+    // The client's bytes follow the OPEN without waiting for OPEN_OK.
+    assert_eq!(collect_data(&mut agent, id, 12), b"bind request");
+    agent.send_frames(&frames(|v| {
+        frame::encode_open_ok(v, id);
+        frame::encode_data(v, id, b"bind response");
+    }));
+    let mut buf = [0u8; 13];
+    client.read_exact(&mut buf).unwrap();
+    assert_eq!(&buf, b"bind response");
+}
+
+#[test]
+fn half_close_each_way() {
+    let rig = rig(&["svc"], "");
+    let mut agent = rig.agent(&["svc"]);
+    let mut client = rig.client(0);
+    let id = expect_open(&mut agent);
+    agent.send_frames(&frames(|v| frame::encode_open_ok(v, id)));
+    // Client → agent half-close: the agent sees FIN, and can still answer.
+    client.write_all(b"request").unwrap();
+    client.shutdown(Shutdown::Write).unwrap();
+    assert_eq!(collect_data(&mut agent, id, 7), b"request");
+    agent.expect(WAIT, |f| *f == OwnedFrame::Fin(id));
+    agent.send_frames(&frames(|v| {
+        frame::encode_data(v, id, b"response");
+        frame::encode_fin(v, id);
+    }));
+    let (bytes, reset) = read_to_end_or_reset(&mut client, WAIT);
+    assert_eq!(bytes, b"response");
+    assert!(!reset);
+
+    // Agent → client half-close first: the client reads EOF and can still send.
+    let mut client = rig.client(0);
+    let id = expect_open(&mut agent);
+    agent.send_frames(&frames(|v| {
+        frame::encode_open_ok(v, id);
+        frame::encode_data(v, id, b"banner");
+        frame::encode_fin(v, id);
+    }));
+    let (bytes, reset) = read_to_end_or_reset(&mut client, WAIT);
+    assert_eq!((bytes.as_slice(), reset), (&b"banner"[..], false));
+    client.write_all(b"late words").unwrap();
+    assert_eq!(collect_data(&mut agent, id, 10), b"late words");
+    client.shutdown(Shutdown::Write).unwrap();
+    agent.expect(WAIT, |f| *f == OwnedFrame::Fin(id));
+}
+
+#[test]
+fn target_refused_resets_the_client() {
+    let rig = rig(&["svc"], "");
+    let mut agent = rig.agent(&["svc"]);
+    let mut client = rig.client(0);
+    let id = expect_open(&mut agent);
+    agent.send_frames(&frames(|v| frame::encode_rst(v, id, RstCode::Refused, "connection refused")));
+    let (_, reset) = read_to_end_or_reset(&mut client, WAIT);
+    assert!(reset, "the client must see a TCP reset");
+}
+
+#[test]
+fn client_reset_becomes_rst_6() {
+    let rig = rig(&["svc"], "");
+    let mut agent = rig.agent(&["svc"]);
+    let client = rig.client(0);
+    let id = expect_open(&mut agent);
+    agent.send_frames(&frames(|v| frame::encode_open_ok(v, id)));
+    socket2::SockRef::from(&client).set_linger(Some(Duration::ZERO)).unwrap();
+    drop(client);
+    let f = agent.expect(WAIT, |f| matches!(f, OwnedFrame::Rst(s, ..) if *s == id));
+    assert!(matches!(f, OwnedFrame::Rst(_, RstCode::PeerReset, _)), "{f:?}");
+}
+
+#[test]
+fn agent_disconnect_resets_its_clients() {
+    let rig = rig(&["svc"], "heartbeat_ms: 200");
+    let mut agent = rig.agent(&["svc"]);
+    let mut client = rig.client(0);
+    let id = expect_open(&mut agent);
+    agent.send_frames(&frames(|v| frame::encode_open_ok(v, id)));
+    drop(agent);
+    let started = Instant::now();
+    let (_, reset) = read_to_end_or_reset(&mut client, WAIT);
+    assert!(reset);
+    assert!(started.elapsed() < Duration::from_secs(3));
+}
+
+#[test]
+fn a_silent_agent_is_dead_after_three_heartbeats() {
+    let rig = rig(&["svc"], "heartbeat_ms: 200, sweep_interval_ms: 50");
+    let mut agent = rig.agent(&["svc"]);
+    let mut client = rig.client(0);
+    let id = expect_open(&mut agent);
+    agent.send_frames(&frames(|v| frame::encode_open_ok(v, id)));
+    // From now on the agent reads nothing and answers nothing.
+    let started = Instant::now();
+    let (_, reset) = read_to_end_or_reset(&mut client, WAIT);
+    assert!(reset, "clients of a dead session are reset");
+    let took = started.elapsed();
+    assert!(took >= Duration::from_millis(400), "declared dead too early: {took:?}");
+    drop(agent);
+}
+
+#[test]
+fn idle_streams_are_reset_on_both_sides() {
+    let rig = rig(&["svc"], "idle_timeout_ms: 400, sweep_interval_ms: 50");
+    let mut agent = rig.agent(&["svc"]);
+    let mut client = rig.client(0);
+    let id = expect_open(&mut agent);
+    agent.send_frames(&frames(|v| frame::encode_open_ok(v, id)));
+    let f = agent.expect(WAIT, |f| matches!(f, OwnedFrame::Rst(s, ..) if *s == id));
+    assert!(matches!(f, OwnedFrame::Rst(_, RstCode::Idle, _)), "{f:?}");
+    let (_, reset) = read_to_end_or_reset(&mut client, WAIT);
+    assert!(reset);
+    assert_eq!(rig.hub.metric("nowconnect_stream_closes_total{connector=\"svc\",reason=\"idle\"}"), Some(1.0));
+}
+
+#[test]
+fn window_overrun_resets_the_stream_and_the_session_survives() {
+    let rig = rig(&["svc"], "stream_window_bytes: 4096, max_frame_bytes: 4096");
+    let mut agent = rig.agent(&["svc"]);
+    let mut client = rig.client(0);
+    let id = expect_open(&mut agent);
+    // 4097 bytes against a 4096-byte window.
+    agent.send_frames(&frames(|v| {
+        frame::encode_open_ok(v, id);
+        frame::encode_data(v, id, &[1; 4096]);
+        frame::encode_data(v, id, &[2; 1]);
+    }));
+    let f = agent.expect(WAIT, |f| matches!(f, OwnedFrame::Rst(s, ..) if *s == id));
+    assert!(matches!(f, OwnedFrame::Rst(_, RstCode::ProtocolViolation, _)), "{f:?}");
+    let (_, reset) = read_to_end_or_reset(&mut client, WAIT);
+    assert!(reset);
+    // The session still carries new streams.
+    let mut client = rig.client(0);
+    let id = expect_open(&mut agent);
+    agent.send_frames(&frames(|v| {
+        frame::encode_open_ok(v, id);
+        frame::encode_data(v, id, b"still here");
+    }));
+    let mut buf = [0u8; 10];
+    client.read_exact(&mut buf).unwrap();
+    assert_eq!(&buf, b"still here");
+}
+
+#[test]
+fn no_agent_means_an_immediate_reset() {
+    let rig = rig(&["svc"], "");
+    let mut client = rig.client(0);
+    let (_, reset) = read_to_end_or_reset(&mut client, WAIT);
+    assert!(reset);
+    assert_eq!(
+        rig.hub.metric("nowconnect_rejected_clients_total{connector=\"svc\",reason=\"no_agent\"}"),
+        Some(1.0)
+    );
+}
+
+#[test]
+fn open_timeout_resets_the_client_and_tells_the_agent() {
+    let rig = rig(&["svc"], "open_timeout_ms: 300, sweep_interval_ms: 50");
+    let mut agent = rig.agent(&["svc"]);
+    let mut client = rig.client(0);
+    let id = expect_open(&mut agent);
+    let f = agent.expect(WAIT, |f| matches!(f, OwnedFrame::Rst(s, ..) if *s == id));
+    assert!(matches!(f, OwnedFrame::Rst(_, RstCode::Unreachable, _)), "{f:?}");
+    let (_, reset) = read_to_end_or_reset(&mut client, WAIT);
+    assert!(reset);
+}
+
+#[test]
+fn one_mebibyte_echo_with_credit() {
+    let rig = rig(&["echo"], "");
+    let mut agent = rig.agent(&["echo"]);
+    let client = rig.client(0);
+    let id = expect_open(&mut agent);
+    agent.send_frames(&frames(|v| frame::encode_open_ok(v, id)));
+    let payload: Vec<u8> = (0..1 << 20).map(|i: u32| (i.wrapping_mul(2_654_435_761) >> 24) as u8).collect();
+    let sent = payload.clone();
+    let mut writer = client.try_clone().unwrap();
+    let send = std::thread::spawn(move || {
+        writer.write_all(&sent).unwrap();
+        writer.shutdown(Shutdown::Write).unwrap();
+    });
+    // Echo every DATA back, returning credit for what was received and spending what the hub
+    // granted; the hub's initial grant is one window.
+    let mut credit = agent.welcome.window as usize;
+    let mut backlog: Vec<u8> = Vec::new();
+    let mut fin = false;
+    while !(fin && backlog.is_empty()) {
+        if !backlog.is_empty() && credit > 0 {
+            let n = backlog.len().min(credit).min(agent.welcome.max_frame as usize);
+            let chunk: Vec<u8> = backlog.drain(..n).collect();
+            agent.send_frames(&frames(|v| frame::encode_data(v, id, &chunk)));
+            credit -= n;
+            continue;
+        }
+        match agent.next_frame(WAIT).expect("frame") {
+            OwnedFrame::Data(_, d) => {
+                agent.send_frames(&frames(|v| frame::encode_window(v, id, d.len() as u32)));
+                backlog.extend_from_slice(&d);
+            }
+            OwnedFrame::Window(_, n) => credit += n as usize,
+            OwnedFrame::Fin(_) => fin = true,
+            other => panic!("{other:?}"),
+        }
+    }
+    agent.send_frames(&frames(|v| frame::encode_fin(v, id)));
+    let mut reader = client;
+    let (echoed, reset) = read_to_end_or_reset(&mut reader, WAIT);
+    send.join().unwrap();
+    assert!(!reset);
+    assert_eq!(echoed.len(), payload.len());
+    assert!(echoed == payload, "echoed bytes differ");
+}
+
+#[test]
+fn clients_outside_the_allow_list_never_reach_the_agent() {
+    let dir = TempDir::new("hub");
+    let key = SigningKey::generate("k1");
+    let jwks = dir.path("jwks.json");
+    write_jwks(&jwks, &[&key]);
+    let yaml = hub_yaml(&jwks, &["svc"], "").replace(
+        "listen: \"127.0.0.1:0\" }\n",
+        "listen: \"127.0.0.1:0\", allow_cidrs: [\"127.0.0.1/32\"] }\n",
+    );
+    let hub = Hub::start(dir, &yaml);
+    let mut agent = RawAgent::connect(hub.addrs.tunnel, &key.token("agent-1"), "agent-1", &["svc"]);
+    let target = hub.addrs.listeners[0];
+    let from_other = std::net::SocketAddr::from(([127, 0, 0, 2], 0));
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket.bind(&from_other.into()).unwrap();
+    socket.connect(&target.into()).unwrap();
+    let mut refused: TcpStream = socket.into();
+    let _ = refused.write_all(b"should never arrive");
+    let (_, reset) = read_to_end_or_reset(&mut refused, WAIT);
+    assert!(reset);
+    assert!(agent.next_frame(Duration::from_millis(500)).is_none(), "the agent saw the refused client");
+    assert_eq!(
+        hub.metric("nowconnect_rejected_clients_total{connector=\"svc\",reason=\"cidr\"}"),
+        Some(1.0)
+    );
+    // An allowed client still gets through.
+    let _ok = TcpStream::connect(target).unwrap();
+    expect_open(&mut agent);
+}
+
+#[test]
+fn sigterm_drains_and_lets_a_running_stream_finish() {
+    let rig = rig(&["svc"], "drain_timeout_ms: 5000");
+    let mut agent = rig.agent(&["svc"]);
+    let mut client = rig.client(0);
+    let id = expect_open(&mut agent);
+    agent.send_frames(&frames(|v| frame::encode_open_ok(v, id)));
+    rig.hub.terminate();
+    // GOAWAY arrives as a text message; the raw agent skips it, the stream keeps working.
+    client.write_all(b"in flight").unwrap();
+    assert_eq!(collect_data(&mut agent, id, 9), b"in flight");
+    // A new client is not accepted any more.
+    std::thread::sleep(Duration::from_millis(200));
+    let late = TcpStream::connect_timeout(&rig.hub.addrs.listeners[0], Duration::from_secs(1));
+    if let Ok(mut late) = late {
+        let (_, _) = read_to_end_or_reset(&mut late, WAIT);
+    }
+    agent.send_frames(&frames(|v| {
+        frame::encode_data(v, id, b"done");
+        frame::encode_fin(v, id);
+    }));
+    client.shutdown(Shutdown::Write).unwrap();
+    let (bytes, reset) = read_to_end_or_reset(&mut client, WAIT);
+    assert_eq!((bytes.as_slice(), reset), (&b"done"[..], false));
+    let mut hub = rig.hub;
+    let deadline = Instant::now() + WAIT;
+    let status = loop {
+        if let Some(status) = hub.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "hub did not exit after draining");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success());
+}
