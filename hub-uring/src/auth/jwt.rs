@@ -1,0 +1,533 @@
+//! Validating the bearer token of an agent's upgrade request.
+//!
+//! The checks, in order: the `Authorization` header holds `Bearer <JWT>`; the token is at
+//! most [`MAX_TOKEN_BYTES`] and a three-part JWS; its header names an algorithm of
+//! [`SUPPORTED_ALGORITHMS`](super::SUPPORTED_ALGORITHMS) and no critical extension; a key of
+//! the JWKS matches its `kid` and algorithm; the signature verifies; then the claims: `exp`
+//! (required), `nbf` (when present), `aud`, `iss` (when configured) and `agent_id`.
+//!
+//! Time is passed in, never read: `exp` and `nbf` are checked against the caller's `now`
+//! with [`LEEWAY_SECS`] of tolerance for clock skew.
+
+use std::fmt;
+use std::sync::Arc;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use jsonwebtoken::Algorithm;
+use nowconnect_core::config::SecurityConfig;
+use serde_json::{Map, Value};
+
+use super::jwks::{JwksStore, KeyLookup, KeySet, supported_algorithm};
+
+/// The longest token accepted, in bytes; longer ones are refused before any decoding.
+pub const MAX_TOKEN_BYTES: usize = 8 * 1024;
+
+/// Tolerated clock skew for `exp` and `nbf`, in seconds.
+pub const LEEWAY_SECS: u64 = 60;
+
+/// The longest `agent_id` accepted, in characters.
+const MAX_AGENT_ID_LEN: usize = 128;
+
+/// Room for the scheme and spaces around the token in the header value.
+const MAX_HEADER_OVERHEAD: usize = 64;
+
+/// How much of an attacker-chosen string (`kid`, `alg`) a failure keeps for the log.
+const MAX_SHOWN_LEN: usize = 64;
+
+/// Who an accepted token says the agent is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Identity {
+    /// The `agent_id` claim: 1 to 128 characters of `[A-Za-z0-9._:@-]`. HELLO must carry
+    /// the same value.
+    pub agent_id: String,
+    /// The `exp` claim, seconds since the epoch: the session ends when the token expires.
+    pub exp: u64,
+    /// The `jti` claim, if present.
+    pub jti: Option<String>,
+    /// The `sub` claim, if present.
+    pub subject: Option<String>,
+    /// The `iss` claim, if present.
+    pub issuer: Option<String>,
+    /// The `client_id` claim (RFC 9068), or `azp` when there is no `client_id`.
+    pub client_id: Option<String>,
+    /// The granted scopes: the space-separated `scope` claim, or else the `scp` claim (an
+    /// array of strings, or a space-separated string).
+    pub scopes: Vec<String>,
+}
+
+/// Why a token was refused. [`Display`](fmt::Display) says exactly why, for the log; the
+/// agent only sees [`www_authenticate`](Self::www_authenticate). No variant holds the token,
+/// and the `kid` and `alg` values kept are truncated and escaped.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum AuthFailure {
+    /// The request has no `Authorization` header.
+    #[error("no Authorization header")]
+    Missing,
+    /// The header is not `Bearer <JWT>`, or the token is not a well-formed JWS.
+    #[error("malformed authorization: {0}")]
+    Malformed(&'static str),
+    /// The header or token is longer than [`MAX_TOKEN_BYTES`].
+    #[error("token too large: {len} bytes, at most {MAX_TOKEN_BYTES} accepted")]
+    TooLarge {
+        /// The length seen, in bytes.
+        len: usize,
+    },
+    /// The token's algorithm is not accepted, or not the one of the key its `kid` names.
+    #[error("algorithm \"{alg}\" refused: {why}")]
+    Algorithm {
+        /// The token's `alg`, truncated and escaped.
+        alg: String,
+        /// Why it is refused.
+        why: &'static str,
+    },
+    /// No key of the JWKS matches the token's `kid`, even after a refresh; or the token
+    /// has no `kid` and not exactly one key accepts its algorithm.
+    #[error("{}", unknown_kid(.kid.as_deref()))]
+    UnknownKid {
+        /// The token's `kid`, truncated and escaped.
+        kid: Option<String>,
+    },
+    /// The signature does not verify with the key.
+    #[error("signature does not verify")]
+    Signature,
+    /// `exp` is past (beyond the leeway).
+    #[error("token expired at {exp} (now {now}, leeway {LEEWAY_SECS} s)")]
+    Expired {
+        /// The `exp` claim.
+        exp: u64,
+        /// The time of the check.
+        now: u64,
+    },
+    /// `nbf` is in the future (beyond the leeway).
+    #[error("token not valid before {nbf} (now {now}, leeway {LEEWAY_SECS} s)")]
+    NotYetValid {
+        /// The `nbf` claim.
+        nbf: u64,
+        /// The time of the check.
+        now: u64,
+    },
+    /// A registered claim is missing or has the wrong type (`exp` is required).
+    #[error("claim {claim}: {problem}")]
+    Claim {
+        /// The claim's name.
+        claim: &'static str,
+        /// What is wrong with it.
+        problem: &'static str,
+    },
+    /// `aud` is missing or does not include the configured audience.
+    #[error("audience refused: {0}")]
+    Audience(&'static str),
+    /// `iss` is missing or differs from the configured issuer.
+    #[error("issuer refused: {0}")]
+    Issuer(&'static str),
+    /// `agent_id` is missing, not a string, empty, too long or has characters outside
+    /// `[A-Za-z0-9._:@-]`.
+    #[error("agent_id refused: {0}")]
+    AgentId(&'static str),
+    /// No key set has been loaded yet (the identity provider was never reached).
+    #[error("no JWKS loaded yet")]
+    JwksUnavailable,
+}
+
+impl AuthFailure {
+    /// A short, fixed label for the authentication-failures metric.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            AuthFailure::Missing => "missing",
+            AuthFailure::Malformed(_) => "malformed",
+            AuthFailure::TooLarge { .. } => "too_large",
+            AuthFailure::Algorithm { .. } => "algorithm",
+            AuthFailure::UnknownKid { .. } => "unknown_kid",
+            AuthFailure::Signature => "signature",
+            AuthFailure::Expired { .. } => "expired",
+            AuthFailure::NotYetValid { .. } => "not_yet_valid",
+            AuthFailure::Claim { .. } => "claims",
+            AuthFailure::Audience(_) => "audience",
+            AuthFailure::Issuer(_) => "issuer",
+            AuthFailure::AgentId(_) => "agent_id",
+            AuthFailure::JwksUnavailable => "jwks_unavailable",
+        }
+    }
+
+    /// The `WWW-Authenticate` value of the `401` answer: a bare `Bearer` challenge when no
+    /// credentials were sent (RFC 6750 §3.1), `Bearer error="invalid_token"` otherwise.
+    pub fn www_authenticate(&self) -> &'static str {
+        match self {
+            AuthFailure::Missing => "Bearer",
+            _ => r#"Bearer error="invalid_token""#,
+        }
+    }
+}
+
+/// Validates agents' upgrade requests against the JWKS and the configured audience and
+/// issuer. Cheap to clone; shared by every shard.
+///
+/// [`verify`](Self::verify) runs on any executor: it reads the shared key set and, for an
+/// unknown `kid`, only awaits the refresher's answer on a channel.
+#[derive(Clone)]
+pub struct Authenticator {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    /// `None` when the configuration has none (not validated): every token is refused.
+    audience: Option<String>,
+    issuer: Option<String>,
+    store: JwksStore,
+}
+
+impl fmt::Debug for Authenticator {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Authenticator")
+            .field("audience", &self.inner.audience)
+            .field("issuer", &self.inner.issuer)
+            .field("store", &self.inner.store)
+            .finish()
+    }
+}
+
+impl Authenticator {
+    /// An authenticator for `security.audience` and `security.issuer`, verifying with the
+    /// keys of `store`.
+    pub fn new(security: &SecurityConfig, store: JwksStore) -> Authenticator {
+        let non_empty = |value: &Option<String>| value.clone().filter(|v| !v.is_empty());
+        Authenticator {
+            inner: Arc::new(Inner {
+                audience: non_empty(&security.audience),
+                issuer: non_empty(&security.issuer),
+                store,
+            }),
+        }
+    }
+
+    /// Validates the raw `Authorization` header value (`None` when absent) at `now_unix`
+    /// (seconds since the epoch).
+    ///
+    /// When no key matches the token's `kid`, asks the store for a refresh
+    /// ([`JwksStore::refresh_for_unknown_kid`]) and tries once more with the set it
+    /// returns.
+    pub async fn verify(
+        &self,
+        authorization: Option<&[u8]>,
+        now_unix: u64,
+    ) -> Result<Identity, AuthFailure> {
+        let token = bearer_token(authorization)?;
+        let parsed = ParsedToken::parse(token)?;
+        let store = &self.inner.store;
+        let first = self.check(&parsed, &store.current(), now_unix);
+        match first {
+            Err(AuthFailure::UnknownKid { .. }) => {
+                let keys = store.refresh_for_unknown_kid().await;
+                if !store.is_loaded() {
+                    return Err(AuthFailure::JwksUnavailable);
+                }
+                self.check(&parsed, &keys, now_unix)
+            }
+            other => other,
+        }
+    }
+
+    /// Verifies the signature with a key of `keys`, then the claims.
+    fn check(
+        &self,
+        token: &ParsedToken<'_>,
+        keys: &KeySet,
+        now: u64,
+    ) -> Result<Identity, AuthFailure> {
+        let key = match keys.lookup(token.kid.as_deref(), token.alg) {
+            KeyLookup::Found(key) => key,
+            KeyLookup::UnknownKid => {
+                return Err(AuthFailure::UnknownKid {
+                    kid: token.kid.as_deref().map(shown),
+                });
+            }
+            KeyLookup::WrongAlgorithm => {
+                return Err(AuthFailure::Algorithm {
+                    alg: format!("{:?}", token.alg),
+                    why: "the key named by kid does not accept it",
+                });
+            }
+        };
+        // An error here is a signature that is not base64url, or a key the crypto backend
+        // rejects: either way the token cannot be trusted.
+        let verified = jsonwebtoken::crypto::verify(
+            token.signature,
+            token.signing_input.as_bytes(),
+            key,
+            token.alg,
+        );
+        if !matches!(verified, Ok(true)) {
+            return Err(AuthFailure::Signature);
+        }
+        self.claims(&token.claims()?, now)
+    }
+
+    /// Checks the claims of a token whose signature verified.
+    fn claims(&self, claims: &Map<String, Value>, now: u64) -> Result<Identity, AuthFailure> {
+        let exp = numeric(claims, "exp")?.ok_or(AuthFailure::Claim {
+            claim: "exp",
+            problem: "is missing",
+        })?;
+        // RFC 7519 §4.1.4: not accepted on or after exp.
+        if now >= exp.saturating_add(LEEWAY_SECS) {
+            return Err(AuthFailure::Expired { exp, now });
+        }
+        if let Some(nbf) = numeric(claims, "nbf")?
+            && nbf > now.saturating_add(LEEWAY_SECS)
+        {
+            return Err(AuthFailure::NotYetValid { nbf, now });
+        }
+        self.check_audience(claims.get("aud"))?;
+        if let Some(expected) = &self.inner.issuer {
+            match claims.get("iss") {
+                None => return Err(AuthFailure::Issuer("the token has no iss")),
+                Some(Value::String(iss)) if iss == expected => {}
+                Some(Value::String(_)) => {
+                    return Err(AuthFailure::Issuer(
+                        "iss differs from the configured issuer",
+                    ));
+                }
+                Some(_) => return Err(AuthFailure::Issuer("iss is not a string")),
+            }
+        }
+        let agent_id = agent_id(claims.get("agent_id"))?;
+        let string = |name: &str| claims.get(name).and_then(Value::as_str).map(str::to_owned);
+        Ok(Identity {
+            agent_id,
+            exp,
+            jti: string("jti"),
+            subject: string("sub"),
+            issuer: string("iss"),
+            client_id: string("client_id").or_else(|| string("azp")),
+            scopes: scopes(claims),
+        })
+    }
+
+    /// `aud` must be the configured audience, or an array holding it (RFC 7519 §4.1.3).
+    fn check_audience(&self, aud: Option<&Value>) -> Result<(), AuthFailure> {
+        let Some(expected) = &self.inner.audience else {
+            return Err(AuthFailure::Audience("no audience is configured"));
+        };
+        let matches = match aud {
+            None => return Err(AuthFailure::Audience("the token has no aud")),
+            Some(Value::String(aud)) => aud == expected,
+            Some(Value::Array(auds)) => auds.iter().any(|a| a.as_str() == Some(expected)),
+            Some(_) => {
+                return Err(AuthFailure::Audience(
+                    "aud is neither a string nor an array",
+                ));
+            }
+        };
+        if matches {
+            Ok(())
+        } else {
+            Err(AuthFailure::Audience(
+                "aud does not include the configured audience",
+            ))
+        }
+    }
+}
+
+/// Takes the token out of `Bearer <token>` (RFC 6750 §2.1; the scheme is case-insensitive,
+/// RFC 9110 §11.1), checking its length before anything else.
+fn bearer_token(authorization: Option<&[u8]>) -> Result<&str, AuthFailure> {
+    let value = authorization.ok_or(AuthFailure::Missing)?;
+    if value.len() > MAX_TOKEN_BYTES + MAX_HEADER_OVERHEAD {
+        return Err(AuthFailure::TooLarge { len: value.len() });
+    }
+    let value = value.trim_ascii();
+    if value.is_empty() {
+        return Err(AuthFailure::Malformed("the Authorization header is empty"));
+    }
+    let (scheme, token) = match value.iter().position(|b| *b == b' ') {
+        Some(space) => (&value[..space], value[space..].trim_ascii_start()),
+        None => (value, &[][..]),
+    };
+    if scheme.eq_ignore_ascii_case(b"DPoP") {
+        return Err(AuthFailure::Malformed("the DPoP scheme is not supported"));
+    }
+    if !scheme.eq_ignore_ascii_case(b"Bearer") {
+        return Err(AuthFailure::Malformed("the scheme is not Bearer"));
+    }
+    if token.is_empty() {
+        return Err(AuthFailure::Malformed("no token after Bearer"));
+    }
+    if token.len() > MAX_TOKEN_BYTES {
+        return Err(AuthFailure::TooLarge { len: token.len() });
+    }
+    if !token
+        .iter()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+    {
+        return Err(AuthFailure::Malformed(
+            "the token holds characters other than base64url and dots",
+        ));
+    }
+    // Only ASCII remains.
+    std::str::from_utf8(token).map_err(|_| AuthFailure::Malformed("the token is not ASCII"))
+}
+
+/// A JWS in compact form, split, with its header decoded but nothing trusted yet.
+struct ParsedToken<'a> {
+    /// `header.payload`, what the signature covers.
+    signing_input: &'a str,
+    payload: &'a str,
+    signature: &'a str,
+    alg: Algorithm,
+    kid: Option<String>,
+}
+
+impl<'a> ParsedToken<'a> {
+    fn parse(token: &'a str) -> Result<ParsedToken<'a>, AuthFailure> {
+        let mut parts = token.split('.');
+        let (Some(header), Some(payload), Some(signature)) =
+            (parts.next(), parts.next(), parts.next())
+        else {
+            return Err(AuthFailure::Malformed(
+                "the token does not have three parts",
+            ));
+        };
+        match parts.count() {
+            0 => {}
+            2 => {
+                return Err(AuthFailure::Malformed(
+                    "encrypted tokens (JWE) are not accepted",
+                ));
+            }
+            _ => {
+                return Err(AuthFailure::Malformed(
+                    "the token does not have three parts",
+                ));
+            }
+        }
+        if header.is_empty() || payload.is_empty() {
+            return Err(AuthFailure::Malformed("the token has an empty part"));
+        }
+        let header_json = URL_SAFE_NO_PAD
+            .decode(header)
+            .map_err(|_| AuthFailure::Malformed("the header is not base64url"))?;
+        let fields: Map<String, Value> = serde_json::from_slice(&header_json)
+            .map_err(|_| AuthFailure::Malformed("the header is not a JSON object"))?;
+        let alg_name = match fields.get("alg") {
+            Some(Value::String(alg)) => alg.as_str(),
+            _ => return Err(AuthFailure::Malformed("the header has no alg")),
+        };
+        let Some(alg) = supported_algorithm(alg_name) else {
+            return Err(AuthFailure::Algorithm {
+                alg: shown(alg_name),
+                why: "not an accepted asymmetric algorithm",
+            });
+        };
+        let kid = match fields.get("kid") {
+            None => None,
+            Some(Value::String(kid)) => Some(kid.clone()),
+            Some(_) => return Err(AuthFailure::Malformed("the header's kid is not a string")),
+        };
+        // RFC 7515 §4.1.11: extensions listed in crit must be understood; none are here.
+        if fields.contains_key("crit") {
+            return Err(AuthFailure::Malformed(
+                "the header lists critical extensions",
+            ));
+        }
+        if signature.is_empty() {
+            return Err(AuthFailure::Signature);
+        }
+        Ok(ParsedToken {
+            signing_input: &token[..header.len() + 1 + payload.len()],
+            payload,
+            signature,
+            alg,
+            kid,
+        })
+    }
+
+    /// The claims object; only called once the signature verified.
+    fn claims(&self) -> Result<Map<String, Value>, AuthFailure> {
+        let json = URL_SAFE_NO_PAD
+            .decode(self.payload)
+            .map_err(|_| AuthFailure::Malformed("the payload is not base64url"))?;
+        serde_json::from_slice(&json)
+            .map_err(|_| AuthFailure::Malformed("the payload is not a JSON object"))
+    }
+}
+
+/// The log text of [`AuthFailure::UnknownKid`].
+fn unknown_kid(kid: Option<&str>) -> String {
+    match kid {
+        Some(kid) => format!("no key with kid \"{kid}\" in the JWKS"),
+        None => "the token has no kid and not exactly one key of the JWKS accepts its algorithm"
+            .to_owned(),
+    }
+}
+
+/// A NumericDate claim (RFC 7519 §2): a non-negative number of seconds; fractions are
+/// dropped. `None` when absent.
+fn numeric(claims: &Map<String, Value>, claim: &'static str) -> Result<Option<u64>, AuthFailure> {
+    let invalid = AuthFailure::Claim {
+        claim,
+        problem: "is not a non-negative number",
+    };
+    match claims.get(claim) {
+        None => Ok(None),
+        Some(Value::Number(n)) => match (n.as_u64(), n.as_f64()) {
+            (Some(seconds), _) => Ok(Some(seconds)),
+            // Saturates at u64::MAX for huge values, which is fine for a date.
+            (None, Some(seconds)) if seconds >= 0.0 && seconds.is_finite() => {
+                Ok(Some(seconds as u64))
+            }
+            _ => Err(invalid),
+        },
+        Some(_) => Err(invalid),
+    }
+}
+
+/// The `agent_id` claim: a string of 1 to 128 characters from `[A-Za-z0-9._:@-]`.
+fn agent_id(claim: Option<&Value>) -> Result<String, AuthFailure> {
+    let id = match claim {
+        None => return Err(AuthFailure::AgentId("the token has no agent_id")),
+        Some(Value::String(id)) => id,
+        Some(_) => return Err(AuthFailure::AgentId("agent_id is not a string")),
+    };
+    if id.is_empty() {
+        return Err(AuthFailure::AgentId("agent_id is empty"));
+    }
+    if id.len() > MAX_AGENT_ID_LEN {
+        return Err(AuthFailure::AgentId(
+            "agent_id is longer than 128 characters",
+        ));
+    }
+    if !id
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'@' | b'-'))
+    {
+        return Err(AuthFailure::AgentId(
+            "agent_id has characters outside [A-Za-z0-9._:@-]",
+        ));
+    }
+    Ok(id.clone())
+}
+
+/// Scopes from `scope` (space-separated, RFC 8693 §4.2), or else `scp` (an array, or a
+/// space-separated string). Entries that are not strings are ignored.
+fn scopes(claims: &Map<String, Value>) -> Vec<String> {
+    let split = |s: &str| s.split_ascii_whitespace().map(str::to_owned).collect();
+    match (claims.get("scope"), claims.get("scp")) {
+        (Some(Value::String(scope)), _) => split(scope),
+        (_, Some(Value::String(scp))) => split(scp),
+        (_, Some(Value::Array(scp))) => scp
+            .iter()
+            .filter_map(Value::as_str)
+            .map(str::to_owned)
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// An attacker-chosen string made safe for a log line: at most 64 characters, escaped.
+fn shown(text: &str) -> String {
+    text.chars()
+        .take(MAX_SHOWN_LEN)
+        .flat_map(char::escape_debug)
+        .collect()
+}
