@@ -1,11 +1,292 @@
-//! The NowConnect agent: dials out to hubs and connects their streams to local targets.
+//! The NowConnect agent: dials out to hubs over WebSocket, registers its connectors, and for
+//! every stream a hub opens, dials the connector's local target and pipes bytes both ways.
 //!
-//! Only the protocol core exists so far; this binary says so instead of pretending to run.
+//! The protocol itself lives in `nowconnect-core`; this crate is its tokio driver:
+//!
+//! - [`lanes`]: one task per hub lane, reconnecting with [`backoff`] forever.
+//! - [`connect`]: TCP, [`tls`], the upgrade with the [`token`], HELLO and WELCOME.
+//! - [`session`]: a session's reader and writer tasks around the core session.
+//! - [`stream`]: dialling a target and piping one stream.
+//! - [`wire`]: masked WebSocket frames and binary messages.
+//! - [`health`]: `/healthz`, `/readyz` and readiness bookkeeping.
+//! - [`clock`]: the monotonic `now` the core is handed.
+//!
+//! The runtime is tokio's multi-threaded scheduler: the agent is one process serving many
+//! independent streams (each two tasks) and possibly TLS to several hubs, and spreading those
+//! over the machine's cores costs nothing in the design, since the only state shared between
+//! tasks is each session's mutex, held for short synchronous steps.
 #![forbid(unsafe_code)]
 
-fn main() -> std::process::ExitCode {
-    eprintln!(
-        "nowconnect-agent: not implemented yet (only nowconnect-core exists in this release)"
+mod backoff;
+mod clock;
+mod connect;
+mod health;
+mod lanes;
+mod session;
+mod stream;
+mod tls;
+mod token;
+mod wire;
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Parser;
+use nowconnect_core::config::{AgentConfig, LogFormat, LogLevel};
+use tokio::sync::{mpsc, watch};
+use tracing_subscriber::filter::LevelFilter;
+
+use crate::health::Readiness;
+use crate::lanes::Agent;
+
+/// The agent's name and version, sent in HELLO and as `User-Agent`.
+pub(crate) const SOFTWARE: &str = concat!("nowconnect-agent/", env!("CARGO_PKG_VERSION"));
+
+/// Exit status for a configuration the agent cannot run with.
+const EXIT_CONFIG: u8 = 2;
+
+/// Command line. Every setting can also come from `NC_*` environment variables, which
+/// override the file.
+#[derive(Debug, Parser)]
+#[command(name = "nowconnect-agent", version, about)]
+struct Cli {
+    /// YAML configuration file.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let yaml = match &cli.config {
+        Some(path) => match std::fs::read_to_string(path) {
+            Ok(text) => Some(text),
+            Err(err) => {
+                eprintln!(
+                    "nowconnect-agent: cannot read --config {}: {err}",
+                    path.display()
+                );
+                return ExitCode::from(EXIT_CONFIG);
+            }
+        },
+        None => None,
+    };
+    let config = match AgentConfig::load(yaml.as_deref(), |name| std::env::var(name).ok()) {
+        Ok(config) => config,
+        Err(err) => {
+            eprintln!("nowconnect-agent: {err}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    if let Err(line) = check_supported(&config) {
+        eprintln!("nowconnect-agent: {line}");
+        return ExitCode::from(EXIT_CONFIG);
+    }
+    init_logging(&config);
+
+    let needs_tls = config.hub_urls.iter().any(|url| url.is_tls()) || config.ca_file.is_some();
+    let tls = if needs_tls {
+        match tls::client_config(config.ca_file.as_deref()) {
+            Ok(tls) => Some(tls),
+            Err(err) => {
+                eprintln!("nowconnect-agent: {err}");
+                return ExitCode::from(EXIT_CONFIG);
+            }
+        }
+    } else {
+        None
+    };
+
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("nowconnect-agent: cannot start the runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let code = runtime.block_on(run(config, tls));
+    // A DNS lookup stuck in a blocking thread must not hold up the exit.
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    code
+}
+
+/// Refuses options this version cannot honour, rather than silently ignoring them.
+fn check_supported(config: &AgentConfig) -> Result<(), &'static str> {
+    if config.trust_env {
+        return Err(
+            "trust_env (NC_TRUST_ENV) is true, but this version cannot connect through HTTP proxies; unset it or set it to false",
+        );
+    }
+    if config.client_cert.is_some() || config.client_key.is_some() {
+        return Err(
+            "client_cert/client_key (NC_CLIENT_CERT, NC_CLIENT_KEY) are set, but this version does not support TLS client certificates; unset them",
+        );
+    }
+    if config.dpop_key_file.is_some() {
+        return Err(
+            "dpop_key_file (NC_DPOP_KEY_FILE) is set, but this version does not support DPoP proofs; unset it",
+        );
+    }
+    Ok(())
+}
+
+/// Text logs on stderr by default, JSON lines with `log_format: json`.
+fn init_logging(config: &AgentConfig) {
+    let level = match config.log_level {
+        LogLevel::Error => LevelFilter::ERROR,
+        LogLevel::Warn => LevelFilter::WARN,
+        LogLevel::Info => LevelFilter::INFO,
+        LogLevel::Debug => LevelFilter::DEBUG,
+        LogLevel::Trace => LevelFilter::TRACE,
+    };
+    let builder = tracing_subscriber::fmt()
+        .with_max_level(level)
+        .with_writer(std::io::stderr)
+        .with_target(false);
+    match config.log_format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
+    }
+}
+
+/// Runs the agent until SIGTERM or SIGINT, then drains; returns the exit status.
+async fn run(config: AgentConfig, tls: Option<Arc<rustls::ClientConfig>>) -> ExitCode {
+    let readiness = Arc::new(Readiness::new(config.hub_urls.len()));
+    if let Some(addr) = config.health_addr {
+        match tokio::net::TcpListener::bind(addr).await {
+            Ok(listener) => {
+                tracing::info!(addr = %addr, "health listener up");
+                tokio::spawn(health::serve(listener, Arc::clone(&readiness)));
+            }
+            Err(err) => {
+                tracing::error!(addr = %addr, error = %err, "cannot bind the health listener (health_addr, NC_HEALTH_ADDR)");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let (alive_tx, mut alive_rx) = mpsc::channel::<()>(1);
+    let hubs = config.hub_urls.len();
+    tracing::info!(
+        agent_id = %config.agent_id,
+        hubs = %config.hub_urls.iter().map(|u| u.as_str()).collect::<Vec<_>>().join(","),
+        connectors = %config.connectors.keys().map(|c| c.as_str()).collect::<Vec<_>>().join(","),
+        lanes = ?config.lanes,
+        software = SOFTWARE,
+        "agent starting"
     );
-    std::process::ExitCode::FAILURE
+    let agent = Arc::new(Agent {
+        hubs: config.hub_urls,
+        agent_id: config.agent_id,
+        token_file: config.token_file,
+        connectors: Arc::new(config.connectors),
+        lanes: config.lanes,
+        tls,
+        dial_timeout: Duration::from_millis(config.dial_timeout_ms),
+        readiness,
+        shutdown: shutdown_rx,
+        alive: alive_tx,
+    });
+    for hub in 0..hubs {
+        tokio::spawn(lanes::run_hub(Arc::clone(&agent), hub));
+    }
+    drop(agent);
+
+    match wait_for_signal().await {
+        Ok(signal) => tracing::info!(
+            signal,
+            grace_s = session::SHUTDOWN_GRACE.as_secs(),
+            "shutting down: refusing new streams, letting open ones finish"
+        ),
+        Err(err) => {
+            tracing::error!(error = %err, "cannot listen for signals");
+            return ExitCode::FAILURE;
+        }
+    }
+    let _ = shutdown_tx.send(true);
+    // Every lane and session holds a sender; the channel closes when the last one is done.
+    let all_done = alive_rx.recv();
+    if tokio::time::timeout(session::SHUTDOWN_GRACE + Duration::from_secs(3), all_done)
+        .await
+        .is_err()
+    {
+        tracing::warn!("sessions did not close in time; exiting anyway");
+    }
+    tracing::info!("agent stopped");
+    ExitCode::SUCCESS
+}
+
+/// Waits for SIGTERM or SIGINT (Ctrl-C elsewhere) and names it.
+async fn wait_for_signal() -> std::io::Result<&'static str> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate())?;
+        let mut int = signal(SignalKind::interrupt())?;
+        tokio::select! {
+            _ = term.recv() => Ok("SIGTERM"),
+            _ = int.recv() => Ok("SIGINT"),
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        tokio::signal::ctrl_c().await?;
+        Ok("Ctrl-C")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(extra: &[(&str, &str)]) -> AgentConfig {
+        let mut vars = vec![
+            ("NC_HUB_URL", "ws://127.0.0.1:1/nowconnect/v1/tunnel"),
+            ("NC_AGENT_ID", "a1"),
+            ("NC_TOKEN_FILE", "/tmp/token"),
+            ("NC_CONNECTORS", "echo=127.0.0.1:7000"),
+        ];
+        vars.extend_from_slice(extra);
+        AgentConfig::load(None, |name| {
+            vars.iter()
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| (*v).to_owned())
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn supported_options_pass() {
+        assert!(check_supported(&config(&[("NC_CA_FILE", "/etc/ca.pem")])).is_ok());
+    }
+
+    #[test]
+    fn unsupported_options_are_named() {
+        let cases = [
+            (("NC_TRUST_ENV", "true"), "NC_TRUST_ENV"),
+            (("NC_DPOP_KEY_FILE", "/k.pem"), "NC_DPOP_KEY_FILE"),
+        ];
+        for ((key, value), named) in cases {
+            let err = check_supported(&config(&[(key, value)])).unwrap_err();
+            assert!(err.contains(named), "{err}");
+        }
+        let err = check_supported(&config(&[
+            ("NC_CLIENT_CERT", "/c.pem"),
+            ("NC_CLIENT_KEY", "/k.pem"),
+        ]))
+        .unwrap_err();
+        assert!(err.contains("NC_CLIENT_CERT"), "{err}");
+    }
+
+    #[test]
+    fn cli_parses() {
+        Cli::try_parse_from(["nowconnect-agent", "--config", "a.yaml"]).unwrap();
+        assert!(Cli::try_parse_from(["nowconnect-agent", "--nope"]).is_err());
+    }
 }

@@ -1,0 +1,205 @@
+//! Keeping sessions up: one supervisor per hub URL, one task per lane, each reconnecting on its
+//! own with backoff, forever.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use nowconnect_core::config::{Lanes, TargetAddr, WsUrl};
+use nowconnect_core::control::{self, Hello, PROTOCOL_VERSION};
+use nowconnect_core::name::ConnectorName;
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::backoff::{self, Backoff, HEALTHY_AFTER};
+use crate::connect::{self, ConnectError, Target};
+use crate::health::Readiness;
+use crate::session::{self, SessionParams};
+
+/// What every lane of every hub shares.
+pub(crate) struct Agent {
+    /// The hubs' tunnel URLs.
+    pub(crate) hubs: Vec<WsUrl>,
+    /// This agent's id, sent in HELLO.
+    pub(crate) agent_id: String,
+    /// Where the token is read from on every connect.
+    pub(crate) token_file: PathBuf,
+    /// Connector name → target.
+    pub(crate) connectors: Arc<BTreeMap<ConnectorName, TargetAddr>>,
+    /// Sessions per hub.
+    pub(crate) lanes: Lanes,
+    /// TLS configuration for `wss://` hubs.
+    pub(crate) tls: Option<Arc<rustls::ClientConfig>>,
+    /// How long a target dial may take.
+    pub(crate) dial_timeout: Duration,
+    /// Sessions up, per hub.
+    pub(crate) readiness: Arc<Readiness>,
+    /// Flips to true on SIGTERM/SIGINT.
+    pub(crate) shutdown: watch::Receiver<bool>,
+    /// Held by every task that must finish before the process exits; the receiver sees the
+    /// channel close once they all have.
+    pub(crate) alive: mpsc::Sender<()>,
+}
+
+/// Resolves once shutdown begins (or nobody can begin it any more).
+async fn shutdown_begun(shutdown: &mut watch::Receiver<bool>) {
+    let _ = shutdown.wait_for(|&down| down).await;
+}
+
+/// Keeps the lanes of hub `hub` running: `lanes` of them, or for `auto` one at first and then
+/// as many as the hub reports shards (at most 64).
+pub(crate) async fn run_hub(agent: Arc<Agent>, hub: usize) {
+    let (shards_tx, mut shards_rx) = mpsc::unbounded_channel::<u32>();
+    let (initial, auto) = match agent.lanes {
+        Lanes::Count(n) => (n, false),
+        Lanes::Auto => (1, true),
+    };
+    let known = Arc::new(AtomicU32::new(initial));
+    let spawn_lane = |lane: u32| {
+        tokio::spawn(run_lane(
+            Arc::clone(&agent),
+            hub,
+            lane,
+            Arc::clone(&known),
+            auto.then(|| shards_tx.clone()),
+        ));
+    };
+    for lane in 0..initial {
+        spawn_lane(lane);
+    }
+    if !auto {
+        return;
+    }
+    let mut spawned = initial;
+    let mut shutdown = agent.shutdown.clone();
+    loop {
+        let shards = tokio::select! {
+            () = shutdown_begun(&mut shutdown) => return,
+            shards = shards_rx.recv() => shards,
+        };
+        let Some(shards) = shards else { return };
+        let wanted = shards.clamp(1, control::MAX_LANES);
+        if wanted > spawned {
+            known.store(wanted, Ordering::Relaxed);
+            tracing::info!(hub = %agent.hubs[hub], lanes = wanted, "hub reports {shards} shards: opening one lane per shard");
+            for lane in spawned..wanted {
+                spawn_lane(lane);
+            }
+            spawned = wanted;
+        }
+    }
+}
+
+/// One lane: connect, run the session, and reconnect with backoff when it ends, until
+/// shutdown. After GOAWAY the replacement is opened at once while the old session drains.
+async fn run_lane(
+    agent: Arc<Agent>,
+    hub: usize,
+    lane: u32,
+    known_lanes: Arc<AtomicU32>,
+    shards: Option<mpsc::UnboundedSender<u32>>,
+) {
+    let url = &agent.hubs[hub];
+    let mut shutdown = agent.shutdown.clone();
+    let mut backoff = Backoff::new();
+    let target = Target {
+        url,
+        tls: agent.tls.as_ref(),
+        token_file: &agent.token_file,
+    };
+    loop {
+        if *shutdown.borrow() {
+            return;
+        }
+        let hello = Hello {
+            v: PROTOCOL_VERSION,
+            agent_id: agent.agent_id.clone(),
+            connectors: agent.connectors.keys().cloned().collect(),
+            lane,
+            lanes: known_lanes.load(Ordering::Relaxed).max(lane + 1),
+            software: crate::SOFTWARE.to_owned(),
+        };
+        let connected = tokio::select! {
+            () = shutdown_begun(&mut shutdown) => return,
+            connected = connect::connect(&target, &hello) => connected,
+        };
+        let failure = match connected {
+            Ok(connected) => {
+                let welcome = &connected.welcome;
+                tracing::info!(
+                    hub = %url,
+                    lane,
+                    session = %welcome.session,
+                    replica = %welcome.replica_id,
+                    shard = welcome.shard,
+                    shards = welcome.shards,
+                    connectors = %session::describe_welcome(welcome),
+                    "session established"
+                );
+                for refusal in &welcome.refused {
+                    tracing::warn!(hub = %url, lane, connector = %refusal.connector, reason = %refusal.reason, "hub refused connector");
+                }
+                if let Some(shards) = &shards {
+                    let _ = shards.send(welcome.shards);
+                }
+                let started = Instant::now();
+                let (goaway_tx, goaway_rx) = oneshot::channel();
+                let params = SessionParams {
+                    hub: url.to_string(),
+                    lane,
+                    connectors: Arc::clone(&agent.connectors),
+                    dial_timeout: agent.dial_timeout,
+                    shutdown: agent.shutdown.clone(),
+                    goaway: goaway_tx,
+                    ready: agent.readiness.session_up(hub),
+                };
+                let alive = agent.alive.clone();
+                let mut task = tokio::spawn(async move {
+                    session::run(connected, params).await;
+                    drop(alive);
+                });
+                let replaced = tokio::select! {
+                    biased;
+                    _ = &mut task => false,
+                    Ok(()) = goaway_rx => true,
+                };
+                if replaced {
+                    backoff.reset();
+                    continue;
+                }
+                if started.elapsed() >= HEALTHY_AFTER {
+                    backoff.reset();
+                }
+                None
+            }
+            Err(err) => Some(err),
+        };
+        if *shutdown.borrow() {
+            return;
+        }
+        let delay = backoff.next_delay(backoff::uniform);
+        let retry_in_ms = delay.as_millis() as u64;
+        match failure {
+            Some(ConnectError::Rejected {
+                status,
+                www_authenticate,
+            }) => tracing::warn!(
+                hub = %url,
+                lane,
+                status,
+                www_authenticate = www_authenticate.as_deref().unwrap_or(""),
+                retry_in_ms,
+                "hub refused the session"
+            ),
+            Some(err) => {
+                tracing::warn!(hub = %url, lane, error = %err, retry_in_ms, "connect failed")
+            }
+            None => tracing::info!(hub = %url, lane, retry_in_ms, "reconnecting"),
+        }
+        tokio::select! {
+            () = shutdown_begun(&mut shutdown) => return,
+            () = tokio::time::sleep(delay) => {}
+        }
+    }
+}

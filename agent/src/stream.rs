@@ -1,0 +1,408 @@
+//! One stream's I/O: dialling the connector's target, then two tasks that pipe bytes between
+//! the target socket and the session.
+//!
+//! The session's reader never touches a target socket. It hands bytes for the target to the
+//! stream's writer task through an unbounded channel (bounded in practice by the credit window:
+//! the hub cannot send more than `window` bytes the agent has not yet written and returned as
+//! credit), so a slow target stalls only its own stream. The stream's reader task reads the
+//! target only within the credit the hub granted.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use nowconnect_core::config::TargetAddr;
+use nowconnect_core::frame::{RstCode, RstReason, StreamId};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::sync::{Notify, mpsc};
+use tokio::task::AbortHandle;
+
+use crate::clock;
+use crate::session::Link;
+
+/// The largest read from a target socket; DATA frames are also bounded by `max_frame`.
+const READ_BUF: usize = 64 * 1024;
+
+/// What the session's reader hands a stream's writer task.
+#[derive(Debug)]
+pub(crate) enum ToTarget {
+    /// Bytes to write to the target.
+    Data(Vec<u8>),
+    /// The hub finished sending: shut down the socket's write side after the bytes before.
+    Fin,
+}
+
+/// Wake-ups the session gives a stream's tasks.
+#[derive(Debug, Default)]
+pub(crate) struct StreamSignals {
+    /// The stream was reset (by the hub, the idle sweep, a violation or the session's end):
+    /// close the target socket with a TCP RST.
+    pub(crate) reset: Notify,
+    /// The hub returned credit: the reader task may read again.
+    pub(crate) credit: Notify,
+}
+
+/// The session's handle on one stream's tasks. Dropping it without firing `reset` lets the
+/// writer task finish the bytes queued and exit: the stream ended normally.
+#[derive(Debug)]
+pub(crate) struct StreamEntry {
+    /// Bytes and FIN for the target.
+    pub(crate) to_target: mpsc::UnboundedSender<ToTarget>,
+    /// Reset and credit wake-ups.
+    pub(crate) signals: Arc<StreamSignals>,
+}
+
+impl StreamEntry {
+    /// A new entry, with the receiving end of its channel for [`run`].
+    pub(crate) fn new() -> (StreamEntry, mpsc::UnboundedReceiver<ToTarget>) {
+        let (to_target, rx) = mpsc::unbounded_channel();
+        let entry = StreamEntry {
+            to_target,
+            signals: Arc::new(StreamSignals::default()),
+        };
+        (entry, rx)
+    }
+}
+
+/// Why a target could not be dialled.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum DialError {
+    /// Nothing answered within the dial timeout.
+    #[error("dial timed out after {0} ms")]
+    Timeout(u64),
+    /// The host name did not resolve.
+    #[error("cannot resolve target: {0}")]
+    Resolve(std::io::Error),
+    /// Every address of the target failed; this is the last error.
+    #[error("cannot connect to target: {0}")]
+    Connect(std::io::Error),
+}
+
+impl DialError {
+    /// The RST code the hub is told: 1 when the target actively refused, 2 for everything
+    /// else (timeout, unreachable network or host, name that does not resolve).
+    pub(crate) fn rst_code(&self) -> RstCode {
+        match self {
+            DialError::Connect(err) if err.kind() == std::io::ErrorKind::ConnectionRefused => {
+                RstCode::Refused
+            }
+            DialError::Timeout(_) | DialError::Resolve(_) | DialError::Connect(_) => {
+                RstCode::Unreachable
+            }
+        }
+    }
+}
+
+/// Dials `target` within `timeout`, trying each resolved address in turn.
+pub(crate) async fn dial_target(
+    target: &TargetAddr,
+    timeout: Duration,
+) -> Result<TcpStream, DialError> {
+    let attempt = async {
+        let addrs = tokio::net::lookup_host((target.host(), target.port()))
+            .await
+            .map_err(DialError::Resolve)?;
+        let mut last = None;
+        for addr in addrs {
+            match TcpStream::connect(addr).await {
+                Ok(stream) => {
+                    // Latency matters more than packet count for interactive protocols.
+                    stream.set_nodelay(true).map_err(DialError::Connect)?;
+                    return Ok(stream);
+                }
+                Err(err) => last = Some(err),
+            }
+        }
+        Err(match last {
+            Some(err) => DialError::Connect(err),
+            None => DialError::Resolve(std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                "the name resolved to no address",
+            )),
+        })
+    };
+    tokio::time::timeout(timeout, attempt)
+        .await
+        .unwrap_or(Err(DialError::Timeout(timeout.as_millis() as u64)))
+}
+
+/// Closes `stream` with a TCP RST instead of a FIN (`SO_LINGER` 0).
+fn reset_socket(stream: &TcpStream) {
+    let _ = socket2::SockRef::from(stream).set_linger(Some(Duration::ZERO));
+}
+
+/// Runs one stream the hub opened: dials `target`, answers OPEN_OK or RST, then pipes bytes
+/// until the stream ends.
+pub(crate) async fn run(
+    link: Arc<Link>,
+    id: StreamId,
+    target: TargetAddr,
+    rx: mpsc::UnboundedReceiver<ToTarget>,
+    signals: Arc<StreamSignals>,
+    dial_timeout: Duration,
+) {
+    let dialled = tokio::select! {
+        biased;
+        // Reset (or the session ended) while dialling: nothing was connected yet.
+        () = signals.reset.notified() => return,
+        result = dial_target(&target, dial_timeout) => result,
+    };
+    let stream = match dialled {
+        Ok(stream) => stream,
+        Err(err) => {
+            let code = err.rst_code();
+            let reason = RstReason::new(&err.to_string());
+            {
+                let mut st = link.lock();
+                if st.session.reset(id, code, reason.as_str()) {
+                    st.forget_stream(id);
+                }
+            }
+            link.flush();
+            tracing::debug!(stream = %id, target = %target, code = code.as_str(), error = %err, "target dial failed");
+            return;
+        }
+    };
+    {
+        let mut st = link.lock();
+        if !st.streams.contains_key(&id) || st.session.accept(id).is_err() {
+            drop(st);
+            reset_socket(&stream);
+            return;
+        }
+    }
+    link.flush();
+    tracing::debug!(stream = %id, target = %target, "target connected");
+    let (read, write) = stream.into_split();
+    let reader = tokio::spawn(from_target(
+        Arc::clone(&link),
+        id,
+        read,
+        Arc::clone(&signals),
+    ));
+    to_target(link, id, write, rx, signals, reader.abort_handle()).await;
+}
+
+/// Target → hub: reads within the stream's credit and queues DATA; FIN on EOF, RST 6 on a
+/// TCP reset. The read buffer is dropped whenever the target has nothing to read, so an idle
+/// stream holds no buffer.
+async fn from_target(
+    link: Arc<Link>,
+    id: StreamId,
+    read: OwnedReadHalf,
+    signals: Arc<StreamSignals>,
+) {
+    let buf_len = (link.max_frame() as usize).min(READ_BUF);
+    let mut buf = Vec::new();
+    loop {
+        let credit = {
+            let st = link.lock();
+            if st.session.stream(id).is_none() {
+                return;
+            }
+            st.session.send_credit(id) as usize
+        };
+        if credit == 0 {
+            signals.credit.notified().await;
+            continue;
+        }
+        if let Err(err) = read.readable().await {
+            return reset_from_target(&link, id, &err);
+        }
+        if buf.is_empty() {
+            buf.resize(buf_len, 0);
+        }
+        let want = credit.min(buf.len());
+        let n = match read.try_read(&mut buf[..want]) {
+            Ok(n) => n,
+            Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => {
+                buf = Vec::new();
+                continue;
+            }
+            Err(err) => return reset_from_target(&link, id, &err),
+        };
+        let now = clock::now();
+        let mut st = link.lock();
+        if n == 0 {
+            if let Ok(true) = st.session.finish(id) {
+                st.forget_stream(id);
+            }
+            drop(st);
+            link.flush();
+            return;
+        }
+        if st.session.send_data(now, id, &buf[..n]).is_err() {
+            // The stream was reset meanwhile; its bytes have nowhere to go.
+            return;
+        }
+        drop(st);
+        link.flush();
+    }
+}
+
+/// The target's side failed (a TCP reset, typically): RST 6 to the hub, RST to the socket.
+fn reset_from_target(link: &Link, id: StreamId, err: &std::io::Error) {
+    {
+        let mut st = link.lock();
+        if st
+            .session
+            .reset(id, RstCode::PeerReset, "target reset the connection")
+        {
+            st.abort_stream(id);
+        }
+    }
+    link.flush();
+    tracing::debug!(stream = %id, error = %err, "target read failed");
+}
+
+/// Hub → target: writes the bytes the session hands over, returns credit once they are
+/// written, shuts down the write side on FIN, and resets the socket when the stream is reset.
+async fn to_target(
+    link: Arc<Link>,
+    id: StreamId,
+    mut write: OwnedWriteHalf,
+    mut rx: mpsc::UnboundedReceiver<ToTarget>,
+    signals: Arc<StreamSignals>,
+    reader: AbortHandle,
+) {
+    let abort = |write: OwnedWriteHalf| {
+        reset_socket(write.as_ref());
+        // `forget` keeps the half from sending FIN; the socket closes (with RST, as linger
+        // is 0) when the reader's half is dropped too.
+        write.forget();
+        reader.abort();
+    };
+    loop {
+        let message = tokio::select! {
+            biased;
+            () = signals.reset.notified() => return abort(write),
+            message = rx.recv() => message,
+        };
+        let result = match message {
+            // The stream ended normally and everything queued was written.
+            None => return,
+            Some(ToTarget::Data(bytes)) => {
+                let written = tokio::select! {
+                    biased;
+                    () = signals.reset.notified() => return abort(write),
+                    written = write.write_all(&bytes) => written,
+                };
+                if written.is_ok() {
+                    let now = clock::now();
+                    let queued = {
+                        let mut st = link.lock();
+                        st.session.consumed(now, id, bytes.len());
+                        !st.session.transmit().is_empty()
+                    };
+                    if queued {
+                        link.flush();
+                    }
+                }
+                written
+            }
+            Some(ToTarget::Fin) => write.shutdown().await,
+        };
+        if let Err(err) = result {
+            {
+                let mut st = link.lock();
+                if st
+                    .session
+                    .reset(id, RstCode::PeerReset, "target reset the connection")
+                {
+                    st.forget_stream(id);
+                }
+            }
+            link.flush();
+            tracing::debug!(stream = %id, error = %err, "target write failed");
+            return abort(write);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Error, ErrorKind};
+
+    fn target(s: &str) -> TargetAddr {
+        TargetAddr::parse(s).unwrap()
+    }
+
+    #[test]
+    fn refused_maps_to_code_1_and_everything_else_to_2() {
+        let refused = DialError::Connect(Error::from(ErrorKind::ConnectionRefused));
+        assert_eq!(refused.rst_code(), RstCode::Refused);
+        for err in [
+            DialError::Timeout(10),
+            DialError::Resolve(Error::other("no such host")),
+            DialError::Connect(Error::from(ErrorKind::HostUnreachable)),
+            DialError::Connect(Error::from(ErrorKind::NetworkUnreachable)),
+            DialError::Connect(Error::from(ErrorKind::TimedOut)),
+        ] {
+            assert_eq!(err.rst_code(), RstCode::Unreachable, "{err}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_closed_port_is_refused() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        drop(listener);
+        let err = dial_target(&target(&addr.to_string()), Duration::from_secs(5))
+            .await
+            .unwrap_err();
+        assert_eq!(err.rst_code(), RstCode::Refused, "{err}");
+    }
+
+    #[tokio::test]
+    async fn an_unresolvable_name_is_unreachable() {
+        let err = dial_target(&target("no-such-host.invalid:80"), Duration::from_secs(5))
+            .await
+            .unwrap_err();
+        assert_eq!(err.rst_code(), RstCode::Unreachable, "{err}");
+    }
+
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn a_dial_that_does_not_finish_in_time_is_unreachable() {
+        // A listener whose accept queue is full: Linux drops further SYNs, so a connect hangs
+        // until the dial timeout.
+        let socket =
+            socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        socket
+            .bind(
+                &"127.0.0.1:0"
+                    .parse::<std::net::SocketAddr>()
+                    .unwrap()
+                    .into(),
+            )
+            .unwrap();
+        socket.listen(0).unwrap();
+        let addr = socket.local_addr().unwrap().as_socket().unwrap();
+        let mut filling = Vec::new();
+        let mut timed_out = None;
+        for _ in 0..8 {
+            match dial_target(&target(&addr.to_string()), Duration::from_millis(200)).await {
+                Ok(stream) => filling.push(stream),
+                Err(err) => {
+                    timed_out = Some(err);
+                    break;
+                }
+            }
+        }
+        let err = timed_out.expect("the accept queue never filled up");
+        assert!(matches!(err, DialError::Timeout(200)), "{err}");
+        assert_eq!(err.rst_code(), RstCode::Unreachable);
+    }
+
+    #[tokio::test]
+    async fn a_listening_port_connects() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stream = dial_target(&target(&addr.to_string()), Duration::from_secs(5))
+            .await
+            .unwrap();
+        assert!(stream.nodelay().unwrap());
+    }
+}

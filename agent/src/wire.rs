@@ -1,0 +1,140 @@
+//! What the agent puts on the WebSocket: masked frames, and the session's transmit buffer cut
+//! into binary messages at frame boundaries.
+
+use nowconnect_core::frame;
+use nowconnect_core::ws::{self, CloseCode, Opcode};
+
+/// The largest binary message the agent builds from whole tunnel frames. Well under the hub's
+/// 16 MiB message limit, and above the largest frame (1 MiB of DATA plus its header), so every
+/// frame fits one message.
+pub(crate) const MAX_MESSAGE: usize = 2 << 20;
+
+/// A fresh random masking key (RFC 6455 §5.3 asks for one per frame, unpredictable).
+pub(crate) fn mask_key() -> [u8; 4] {
+    let mut key = [0u8; 4];
+    // If the OS random source fails, an all-zero key still produces valid frames; masking
+    // protects intermediaries, not the tunnel's confidentiality.
+    let _ = getrandom::fill(&mut key);
+    key
+}
+
+/// Appends one masked WebSocket frame holding all of `payload`.
+pub(crate) fn push_masked(dst: &mut Vec<u8>, opcode: Opcode, payload: &[u8]) {
+    ws::encode_frame(dst, true, opcode, payload, Some(mask_key()));
+}
+
+/// Appends a masked Close frame.
+pub(crate) fn push_close(dst: &mut Vec<u8>, code: CloseCode, reason: &str) {
+    ws::encode_close(dst, code, reason, Some(mask_key()));
+}
+
+/// Appends `frames` (whole tunnel frames, as [`nowconnect_core::session::Session::transmit`]
+/// holds them) as masked binary messages of at most [`MAX_MESSAGE`] payload bytes each, cut only
+/// between frames.
+pub(crate) fn push_frames(dst: &mut Vec<u8>, frames: &[u8]) {
+    for range in message_ranges(frames, MAX_MESSAGE) {
+        push_masked(dst, Opcode::Binary, &frames[range]);
+    }
+}
+
+/// Splits a buffer of whole tunnel frames into ranges of at most `limit` bytes that each hold
+/// whole frames. A single frame longer than `limit` gets a range of its own. Bytes that do not
+/// end in a whole frame (which the core never produces) stay with the last range.
+pub(crate) fn message_ranges(
+    frames: &[u8],
+    limit: usize,
+) -> impl Iterator<Item = std::ops::Range<usize>> + '_ {
+    let mut start = 0;
+    std::iter::from_fn(move || {
+        if start >= frames.len() {
+            return None;
+        }
+        let mut end = start;
+        loop {
+            let Some(len) = frame_len(&frames[end..]) else {
+                end = frames.len();
+                break;
+            };
+            if end > start && end + len - start > limit {
+                break;
+            }
+            end += len;
+            if end >= frames.len() {
+                break;
+            }
+        }
+        let range = start..end;
+        start = end;
+        Some(range)
+    })
+}
+
+/// The total length of the frame at the front of `buf`, if its header and payload are there.
+fn frame_len(buf: &[u8]) -> Option<usize> {
+    let header = buf.get(..frame::HEADER_LEN)?;
+    let payload = u32::from_be_bytes([header[5], header[6], header[7], header[8]]) as usize;
+    let len = frame::HEADER_LEN + payload;
+    (len <= buf.len()).then_some(len)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nowconnect_core::frame::{FrameDecoder, StreamId};
+
+    fn data_frames(sizes: &[usize]) -> Vec<u8> {
+        let mut buf = Vec::new();
+        for (i, &n) in sizes.iter().enumerate() {
+            frame::encode_data(&mut buf, StreamId(i as u32 + 1), &vec![7u8; n]);
+        }
+        buf
+    }
+
+    #[test]
+    fn small_frames_share_one_message() {
+        let buf = data_frames(&[10, 20, 30]);
+        let ranges: Vec<_> = message_ranges(&buf, 1000).collect();
+        assert_eq!(ranges.len(), 1);
+        assert_eq!(ranges[0], 0..buf.len());
+    }
+
+    #[test]
+    fn messages_are_cut_between_frames() {
+        let buf = data_frames(&[100, 100, 100, 500]);
+        let ranges: Vec<_> = message_ranges(&buf, 250).collect();
+        assert_eq!(ranges, [0..218, 218..327, 327..836]);
+        // Every range decodes as whole frames.
+        for range in ranges {
+            let mut dec = FrameDecoder::new(1000);
+            let mut input = &buf[range];
+            while !input.is_empty() {
+                let (n, _) = dec.decode(input).unwrap();
+                input = &input[n..];
+            }
+            dec.end_of_message().unwrap();
+        }
+    }
+
+    #[test]
+    fn empty_buffer_has_no_message() {
+        assert_eq!(message_ranges(&[], 100).count(), 0);
+    }
+
+    #[test]
+    fn masked_message_round_trips_through_a_server_decoder() {
+        let frames = data_frames(&[3, 4]);
+        let mut wire = Vec::new();
+        push_frames(&mut wire, &frames);
+        let mut dec = ws::Decoder::new(ws::Role::Server, ws::Limits::default());
+        let mut got = Vec::new();
+        let mut pos = 0;
+        while pos < wire.len() {
+            let (n, event) = dec.decode(&mut wire[pos..]).unwrap();
+            if let Some(ws::Event::Binary { data, .. }) = event {
+                got.extend_from_slice(data);
+            }
+            pos += n;
+        }
+        assert_eq!(got, frames);
+    }
+}
