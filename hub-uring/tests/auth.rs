@@ -32,8 +32,10 @@ fn refused_with(hub: &Hub, authorization: Option<&str>) -> (u16, Option<String>)
 }
 
 fn auth_failures(hub: &Hub, reason: &str) -> f64 {
-    hub.metric(&format!("nowconnect_auth_failures_total{{reason=\"{reason}\"}}"))
-        .unwrap_or(0.0)
+    hub.metric(&format!(
+        "nowconnect_auth_failures_total{{reason=\"{reason}\"}}"
+    ))
+    .unwrap_or(0.0)
 }
 
 #[test]
@@ -83,28 +85,51 @@ fn bad_tokens_are_refused_with_401_and_counted() {
         (alg_none, "algorithm"),
         (stranger.token("agent-1"), "signature"),
         (tampered, "signature"),
-        ("a".repeat(20_000), "too_large"),
+        ("a".repeat(10_000), "too_large"),
     ];
     for (token, reason) in cases {
         let before = auth_failures(&hub, reason);
         let (status, www) = refused_with(&hub, Some(&format!("Bearer {token}")));
         assert_eq!(status, 401, "{reason}");
-        assert_eq!(www.as_deref(), Some("Bearer error=\"invalid_token\""), "{reason}");
-        assert_eq!(auth_failures(&hub, reason), before + 1.0, "metric for {reason}");
+        assert_eq!(
+            www.as_deref(),
+            Some("Bearer error=\"invalid_token\""),
+            "{reason}"
+        );
+        assert_eq!(
+            auth_failures(&hub, reason),
+            before + 1.0,
+            "metric for {reason}"
+        );
     }
+    // A header block over 16 KiB is refused before any token check.
+    let (status, _) = refused_with(&hub, Some(&format!("Bearer {}", "a".repeat(20_000))));
+    assert_eq!(status, 431);
+    assert_eq!(
+        hub.metric("nowconnect_handshake_rejections_total{reason=\"bad_upgrade\"}"),
+        Some(1.0)
+    );
 }
 
 #[test]
 fn hello_agent_id_must_match_the_token() {
     let key = SigningKey::generate("k1");
     let (hub, _) = hub_with_jwks(&[&key], "");
-    let Upgrade::Open(mut stream, _) = upgrade(hub.addrs.tunnel, Some(&format!("Bearer {}", key.token("agent-1"))))
-    else {
+    let Upgrade::Open(mut stream, _) = upgrade(
+        hub.addrs.tunnel,
+        Some(&format!("Bearer {}", key.token("agent-1"))),
+    ) else {
         panic!("refused")
     };
     let hello = r#"{"type":"hello","v":1,"agent_id":"agent-2","connectors":["svc"]}"#;
     let mut msg = Vec::new();
-    ws::encode_frame(&mut msg, true, ws::Opcode::Text, hello.as_bytes(), Some([9, 8, 7, 6]));
+    ws::encode_frame(
+        &mut msg,
+        true,
+        ws::Opcode::Text,
+        hello.as_bytes(),
+        Some([9, 8, 7, 6]),
+    );
     stream.write_all(&msg).unwrap();
     let mut reply = Vec::new();
     let _ = stream.read_to_end(&mut reply);
@@ -167,7 +192,8 @@ fn a_jwks_served_over_loopback_http_rotates_too() {
     }
     RawAgent::connect(hub.addrs.tunnel, &old.token("agent-1"), "agent-1", &["svc"]);
     let new = SigningKey::generate("k2");
-    *body.lock().unwrap() = serde_json::json!({ "keys": [old.jwk.clone(), new.jwk.clone()] }).to_string();
+    *body.lock().unwrap() =
+        serde_json::json!({ "keys": [old.jwk.clone(), new.jwk.clone()] }).to_string();
     RawAgent::connect(hub.addrs.tunnel, &new.token("agent-1"), "agent-1", &["svc"]);
 }
 
@@ -192,14 +218,20 @@ fn garbage_and_slow_handshakes_do_not_disturb_other_agents() {
     let (hub, _) = hub_with_jwks(&[&key], "handshake_timeout_ms: 500");
     // Garbage instead of an upgrade request.
     let mut junk = TcpStream::connect(hub.addrs.tunnel).unwrap();
-    junk.write_all(b"\x16\x03\x01\x02\x00 not http at all\r\n\r\n").unwrap();
+    junk.write_all(b"\x16\x03\x01\x02\x00 not http at all\r\n\r\n")
+        .unwrap();
     let mut reply = Vec::new();
     junk.set_read_timeout(Some(WAIT)).unwrap();
     let _ = junk.read_to_end(&mut reply);
-    assert!(reply.starts_with(b"HTTP/1.1 400"), "{:?}", String::from_utf8_lossy(&reply));
+    assert!(
+        reply.starts_with(b"HTTP/1.1 400"),
+        "{:?}",
+        String::from_utf8_lossy(&reply)
+    );
     // A slow-loris: half a request, then nothing.
     let mut slow = TcpStream::connect(hub.addrs.tunnel).unwrap();
-    slow.write_all(b"GET /nowconnect/v1/tunnel HTTP/1.1\r\nHost: x\r\n").unwrap();
+    slow.write_all(b"GET /nowconnect/v1/tunnel HTTP/1.1\r\nHost: x\r\n")
+        .unwrap();
     // Meanwhile a real agent connects and works.
     let mut agent = RawAgent::connect(hub.addrs.tunnel, &key.token("agent-1"), "agent-1", &["svc"]);
     // The slow one is cut off at the handshake timeout.
@@ -214,5 +246,9 @@ fn garbage_and_slow_handshakes_do_not_disturb_other_agents() {
     assert!(bad.wait_closed(WAIT));
     let _client = TcpStream::connect(hub.addrs.listeners[0]).unwrap();
     agent.expect(WAIT, |f| matches!(f, OwnedFrame::Open(..)));
-    assert!(hub.metric("nowconnect_handshake_rejections_total{reason=\"timeout\"}").unwrap_or(0.0) >= 1.0);
+    assert!(
+        hub.metric("nowconnect_handshake_rejections_total{reason=\"timeout\"}")
+            .unwrap_or(0.0)
+            >= 1.0
+    );
 }

@@ -32,7 +32,12 @@ fn rig(connectors: &[&str], limits: &str) -> Rig {
 
 impl Rig {
     fn agent(&self, connectors: &[&str]) -> RawAgent {
-        RawAgent::connect(self.hub.addrs.tunnel, &self.key.token("agent-1"), "agent-1", connectors)
+        RawAgent::connect(
+            self.hub.addrs.tunnel,
+            &self.key.token("agent-1"),
+            "agent-1",
+            connectors,
+        )
     }
 
     fn client(&self, listener: usize) -> TcpStream {
@@ -64,7 +69,10 @@ fn frames(build: impl FnOnce(&mut Vec<u8>)) -> Vec<u8> {
 fn collect_data(agent: &mut RawAgent, id: StreamId, len: usize) -> Vec<u8> {
     let mut got = Vec::new();
     while got.len() < len {
-        match agent.expect(WAIT, |f| matches!(f, OwnedFrame::Data(s, _) | OwnedFrame::Fin(s) if *s == id)) {
+        match agent.expect(
+            WAIT,
+            |f| matches!(f, OwnedFrame::Data(s, _) | OwnedFrame::Fin(s) if *s == id),
+        ) {
             OwnedFrame::Data(_, d) => got.extend_from_slice(&d),
             _ => break,
         }
@@ -91,7 +99,9 @@ fn client_first_data_arrives_before_open_ok_and_echo_flows_back() {
     let mut client = rig.client(0);
     client.write_all(b"bind request").unwrap();
     let f = agent.expect(WAIT, |f| open_of(f).is_some());
-    let OwnedFrame::Open(id, connector, peer) = f else { unreachable!() };
+    let OwnedFrame::Open(id, connector, peer) = f else {
+        unreachable!()
+    };
     assert_eq!(connector, "ldap");
     assert_eq!(peer, client.local_addr().unwrap());
     // The client's bytes follow the OPEN without waiting for OPEN_OK.
@@ -147,7 +157,9 @@ fn target_refused_resets_the_client() {
     let mut agent = rig.agent(&["svc"]);
     let mut client = rig.client(0);
     let id = expect_open(&mut agent);
-    agent.send_frames(&frames(|v| frame::encode_rst(v, id, RstCode::Refused, "connection refused")));
+    agent.send_frames(&frames(|v| {
+        frame::encode_rst(v, id, RstCode::Refused, "connection refused")
+    }));
     let (_, reset) = read_to_end_or_reset(&mut client, WAIT);
     assert!(reset, "the client must see a TCP reset");
 }
@@ -159,10 +171,15 @@ fn client_reset_becomes_rst_6() {
     let client = rig.client(0);
     let id = expect_open(&mut agent);
     agent.send_frames(&frames(|v| frame::encode_open_ok(v, id)));
-    socket2::SockRef::from(&client).set_linger(Some(Duration::ZERO)).unwrap();
+    socket2::SockRef::from(&client)
+        .set_linger(Some(Duration::ZERO))
+        .unwrap();
     drop(client);
     let f = agent.expect(WAIT, |f| matches!(f, OwnedFrame::Rst(s, ..) if *s == id));
-    assert!(matches!(f, OwnedFrame::Rst(_, RstCode::PeerReset, _)), "{f:?}");
+    assert!(
+        matches!(f, OwnedFrame::Rst(_, RstCode::PeerReset, _)),
+        "{f:?}"
+    );
 }
 
 #[test]
@@ -191,7 +208,10 @@ fn a_silent_agent_is_dead_after_three_heartbeats() {
     let (_, reset) = read_to_end_or_reset(&mut client, WAIT);
     assert!(reset, "clients of a dead session are reset");
     let took = started.elapsed();
-    assert!(took >= Duration::from_millis(400), "declared dead too early: {took:?}");
+    assert!(
+        took >= Duration::from_millis(400),
+        "declared dead too early: {took:?}"
+    );
     drop(agent);
 }
 
@@ -206,7 +226,11 @@ fn idle_streams_are_reset_on_both_sides() {
     assert!(matches!(f, OwnedFrame::Rst(_, RstCode::Idle, _)), "{f:?}");
     let (_, reset) = read_to_end_or_reset(&mut client, WAIT);
     assert!(reset);
-    assert_eq!(rig.hub.metric("nowconnect_stream_closes_total{connector=\"svc\",reason=\"idle\"}"), Some(1.0));
+    assert_eq!(
+        rig.hub
+            .metric("nowconnect_stream_closes_total{connector=\"svc\",reason=\"idle\"}"),
+        Some(1.0)
+    );
 }
 
 #[test]
@@ -222,7 +246,10 @@ fn window_overrun_resets_the_stream_and_the_session_survives() {
         frame::encode_data(v, id, &[2; 1]);
     }));
     let f = agent.expect(WAIT, |f| matches!(f, OwnedFrame::Rst(s, ..) if *s == id));
-    assert!(matches!(f, OwnedFrame::Rst(_, RstCode::ProtocolViolation, _)), "{f:?}");
+    assert!(
+        matches!(f, OwnedFrame::Rst(_, RstCode::ProtocolViolation, _)),
+        "{f:?}"
+    );
     let (_, reset) = read_to_end_or_reset(&mut client, WAIT);
     assert!(reset);
     // The session still carries new streams.
@@ -244,7 +271,8 @@ fn no_agent_means_an_immediate_reset() {
     let (_, reset) = read_to_end_or_reset(&mut client, WAIT);
     assert!(reset);
     assert_eq!(
-        rig.hub.metric("nowconnect_rejected_clients_total{connector=\"svc\",reason=\"no_agent\"}"),
+        rig.hub
+            .metric("nowconnect_rejected_clients_total{connector=\"svc\",reason=\"no_agent\"}"),
         Some(1.0)
     );
 }
@@ -256,7 +284,10 @@ fn open_timeout_resets_the_client_and_tells_the_agent() {
     let mut client = rig.client(0);
     let id = expect_open(&mut agent);
     let f = agent.expect(WAIT, |f| matches!(f, OwnedFrame::Rst(s, ..) if *s == id));
-    assert!(matches!(f, OwnedFrame::Rst(_, RstCode::Unreachable, _)), "{f:?}");
+    assert!(
+        matches!(f, OwnedFrame::Rst(_, RstCode::Unreachable, _)),
+        "{f:?}"
+    );
     let (_, reset) = read_to_end_or_reset(&mut client, WAIT);
     assert!(reset);
 }
@@ -268,7 +299,9 @@ fn one_mebibyte_echo_with_credit() {
     let client = rig.client(0);
     let id = expect_open(&mut agent);
     agent.send_frames(&frames(|v| frame::encode_open_ok(v, id)));
-    let payload: Vec<u8> = (0..1 << 20).map(|i: u32| (i.wrapping_mul(2_654_435_761) >> 24) as u8).collect();
+    let payload: Vec<u8> = (0..1 << 20)
+        .map(|i: u32| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
+        .collect();
     let sent = payload.clone();
     let mut writer = client.try_clone().unwrap();
     let send = std::thread::spawn(move || {
@@ -282,7 +315,10 @@ fn one_mebibyte_echo_with_credit() {
     let mut fin = false;
     while !(fin && backlog.is_empty()) {
         if !backlog.is_empty() && credit > 0 {
-            let n = backlog.len().min(credit).min(agent.welcome.max_frame as usize);
+            let n = backlog
+                .len()
+                .min(credit)
+                .min(agent.welcome.max_frame as usize);
             let chunk: Vec<u8> = backlog.drain(..n).collect();
             agent.send_frames(&frames(|v| frame::encode_data(v, id, &chunk)));
             credit -= n;
@@ -314,8 +350,8 @@ fn clients_outside_the_allow_list_never_reach_the_agent() {
     let jwks = dir.path("jwks.json");
     write_jwks(&jwks, &[&key]);
     let yaml = hub_yaml(&jwks, &["svc"], "").replace(
-        "listen: \"127.0.0.1:0\" }\n",
-        "listen: \"127.0.0.1:0\", allow_cidrs: [\"127.0.0.1/32\"] }\n",
+        "connector: svc, listen: \"127.0.0.1:0\" }",
+        "connector: svc, listen: \"127.0.0.1:0\", allow_cidrs: [\"127.0.0.1/32\"] }",
     );
     let hub = Hub::start(dir, &yaml);
     let mut agent = RawAgent::connect(hub.addrs.tunnel, &key.token("agent-1"), "agent-1", &["svc"]);
@@ -326,9 +362,12 @@ fn clients_outside_the_allow_list_never_reach_the_agent() {
     socket.connect(&target.into()).unwrap();
     let mut refused: TcpStream = socket.into();
     let _ = refused.write_all(b"should never arrive");
-    let (_, reset) = read_to_end_or_reset(&mut refused, WAIT);
-    assert!(reset);
-    assert!(agent.next_frame(Duration::from_millis(500)).is_none(), "the agent saw the refused client");
+    let (got, reset) = read_to_end_or_reset(&mut refused, WAIT);
+    assert!(reset, "got {got:?} without a reset");
+    assert!(
+        agent.next_frame(Duration::from_millis(500)).is_none(),
+        "the agent saw the refused client"
+    );
     assert_eq!(
         hub.metric("nowconnect_rejected_clients_total{connector=\"svc\",reason=\"cidr\"}"),
         Some(1.0)

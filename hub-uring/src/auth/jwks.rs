@@ -478,7 +478,10 @@ pub(super) async fn run_refresher(
             None
         }
     };
-    let mut last_fetch: Option<Instant> = None;
+    // Only refetches asked for by unknown kids count toward the minimum gap: the first new kid
+    // after a scheduled load is picked up at once, a stream of bogus kids costs one fetch per
+    // gap.
+    let mut last_kid_fetch: Option<Instant> = None;
     let mut retry = schedule.retry_first;
     let mut next = Instant::now();
     let mut requests_open = true;
@@ -491,7 +494,6 @@ pub(super) async fn run_refresher(
                     on_loaded();
                 }
                 let now = Instant::now();
-                last_fetch = Some(now);
                 next = if store.is_loaded() {
                     now + schedule.period
                 } else {
@@ -509,13 +511,13 @@ pub(super) async fn run_refresher(
                 while let Ok(more) = requests.receiver.try_recv() {
                     waiters.push(more);
                 }
-                let due = last_fetch.is_none_or(|at| at.elapsed() >= schedule.min_gap);
+                let due = last_kid_fetch.is_none_or(|at| at.elapsed() >= schedule.min_gap);
                 if let (true, Some(source)) = (due, &source) {
                     if fetch_into(source, &store).await {
                         on_loaded();
                     }
                     let now = Instant::now();
-                    last_fetch = Some(now);
+                    last_kid_fetch = Some(now);
                     if store.is_loaded() {
                         next = now + schedule.period;
                     }

@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 
 use compio::BufResult;
-use compio::buf::IoBuf;
+use compio::buf::{IntoInner, IoBuf};
 use compio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use compio::net::TcpStream;
 use futures_util::future::{Either, select};
@@ -27,7 +27,12 @@ pub(crate) fn reset(stream: &TcpStream) {
 }
 
 /// Serves a client accepted on listener `listener` of this shard.
-pub(crate) async fn serve(shard: Rc<ShardCtx>, stream: TcpStream, peer: SocketAddr, listener: usize) {
+pub(crate) async fn serve(
+    shard: Rc<ShardCtx>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    listener: usize,
+) {
     let info = &shard.listeners[listener];
     let metrics = info.metrics.clone();
     let ip = peer.ip();
@@ -70,7 +75,14 @@ async fn pump(
     credit: Rc<Notify>,
     metrics: ConnectorMetrics,
 ) {
-    let up = Box::pin(client_to_agent(&shard, &session, id, stream.clone(), &credit, &metrics));
+    let up = Box::pin(client_to_agent(
+        &shard,
+        &session,
+        id,
+        stream.clone(),
+        &credit,
+        &metrics,
+    ));
     let down = Box::pin(agent_to_client(&session, id, stream.clone(), rx));
     let outcome = match select(up, down).await {
         Either::Left((Outcome::Done, down)) => down.await,
@@ -148,7 +160,10 @@ async fn agent_to_client(
             ToClient::Fin => {
                 let _ = writer.shutdown().await;
             }
-            ToClient::Reset(_) => return Outcome::Reset,
+            ToClient::Reset(reason) => {
+                tracing::debug!(stream = %id, reason = reason.as_str(), "stream reset");
+                return Outcome::Reset;
+            }
         }
     }
     Outcome::Done

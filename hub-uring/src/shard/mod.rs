@@ -14,6 +14,7 @@ mod client;
 mod listen;
 mod pool;
 mod session;
+mod transport;
 mod tunnel;
 
 use std::cell::{Cell, RefCell};
@@ -45,6 +46,8 @@ pub(crate) struct Shared {
     pub(crate) health: Arc<Health>,
     pub(crate) metrics: Arc<HubMetrics>,
     pub(crate) auth: Authenticator,
+    /// The tunnel's TLS configuration, when the hub terminates TLS itself.
+    pub(crate) tls: Option<Arc<rustls::ServerConfig>>,
     pub(crate) pending_handshakes: AtomicUsize,
     /// Becomes true when the drain starts.
     pub(crate) drain: watch::Receiver<bool>,
@@ -103,7 +106,8 @@ impl ShardCtx {
             routes.entry(*connector).or_default().push(session.clone());
         }
         self.sessions.borrow_mut().push(session);
-        self.metrics.set_sessions(self.sessions.borrow().len() as u64);
+        self.metrics
+            .set_sessions(self.sessions.borrow().len() as u64);
     }
 
     pub(crate) fn remove_session(&self, session: &Rc<SessionCtx>) {
@@ -111,8 +115,11 @@ impl ShardCtx {
         for list in routes.values_mut() {
             list.retain(|s| !Rc::ptr_eq(s, session));
         }
-        self.sessions.borrow_mut().retain(|s| !Rc::ptr_eq(s, session));
-        self.metrics.set_sessions(self.sessions.borrow().len() as u64);
+        self.sessions
+            .borrow_mut()
+            .retain(|s| !Rc::ptr_eq(s, session));
+        self.metrics
+            .set_sessions(self.sessions.borrow().len() as u64);
     }
 }
 
@@ -153,7 +160,8 @@ fn start(config: HubConfig) -> Result<ExitCode, String> {
     let mut listeners = Vec::new();
     for (i, l) in config.listeners.iter().enumerate() {
         listeners.push(
-            listen::bind_all(l.listen, shards).map_err(|e| format!("listeners[{i}].listen {}: {e}", l.listen))?,
+            listen::bind_all(l.listen, shards)
+                .map_err(|e| format!("listeners[{i}].listen {}: {e}", l.listen))?,
         );
     }
     let tunnel_addr = tunnel[0].local_addr().map_err(|e| e.to_string())?;
@@ -173,7 +181,11 @@ fn start(config: HubConfig) -> Result<ExitCode, String> {
         });
     }
 
-    let connectors: Vec<String> = config.listeners.iter().map(|l| l.connector.to_string()).collect();
+    let connectors: Vec<String> = config
+        .listeners
+        .iter()
+        .map(|l| l.connector.to_string())
+        .collect();
     let health = Arc::new(Health::new(shards));
     let metrics = Arc::new(HubMetrics::new(&connectors, shards));
     let (store, requests) = JwksStore::new();
@@ -188,9 +200,18 @@ fn start(config: HubConfig) -> Result<ExitCode, String> {
         move || health.set_jwks_loaded()
     };
     let refresher = Box::pin(crate::auth::refresher(jwks_url, store, requests, on_loaded));
-    let control = crate::control::start(config.admin.listen, health.clone(), metrics.clone(), vec![refresher])
-        .map_err(|e| format!("admin.listen {}: {e}", config.admin.listen))?;
+    let control = crate::control::start(
+        config.admin.listen,
+        health.clone(),
+        metrics.clone(),
+        vec![refresher],
+    )
+    .map_err(|e| format!("admin.listen {}: {e}", config.admin.listen))?;
 
+    let tls = match &config.tunnel.tls {
+        Some(tls) => Some(transport::server_config(tls)?),
+        None => None,
+    };
     let (drain_tx, drain_rx) = watch::channel(false);
     let drain_timeout = Duration::from_millis(config.limits.drain_timeout_ms);
     let shared = Arc::new(Shared {
@@ -199,6 +220,7 @@ fn start(config: HubConfig) -> Result<ExitCode, String> {
         health: health.clone(),
         metrics,
         auth,
+        tls,
         pending_handshakes: AtomicUsize::new(0),
         drain: drain_rx,
     });
@@ -301,7 +323,11 @@ fn shard_thread(
     rt.runtime.block_on(shard_main(ctx, sockets, ready));
 }
 
-async fn shard_main(ctx: Rc<ShardCtx>, sockets: ShardSockets, ready: std::sync::mpsc::Sender<Result<(), String>>) {
+async fn shard_main(
+    ctx: Rc<ShardCtx>,
+    sockets: ShardSockets,
+    ready: std::sync::mpsc::Sender<Result<(), String>>,
+) {
     let tunnel = match compio::net::TcpListener::from_std(sockets.tunnel) {
         Ok(l) => l,
         Err(e) => {
@@ -339,7 +365,8 @@ async fn shard_main(ctx: Rc<ShardCtx>, sockets: ShardSockets, ready: std::sync::
             loop {
                 match listener.accept().await {
                     Ok((stream, peer)) => {
-                        compio::runtime::spawn(client::serve(ctx.clone(), stream, peer, i)).detach();
+                        compio::runtime::spawn(client::serve(ctx.clone(), stream, peer, i))
+                            .detach();
                     }
                     Err(e) => {
                         tracing::warn!(shard = ctx.index, error = %e, "client accept failed");
@@ -358,14 +385,13 @@ async fn shard_main(ctx: Rc<ShardCtx>, sockets: ShardSockets, ready: std::sync::
         let (size, in_use) = ctx.pool.usage();
         ctx.metrics.set_buffer_pool(size, in_use);
         let tick = compio::time::sleep(Duration::from_millis(500));
-        let changed = drain.changed();
-        match futures_util::future::select(Box::pin(tick), Box::pin(changed)).await {
-            futures_util::future::Either::Left(_) => {}
-            futures_util::future::Either::Right(_) => {
-                if *drain.borrow() {
-                    break;
-                }
-            }
+        let closed =
+            match futures_util::future::select(Box::pin(tick), Box::pin(drain.changed())).await {
+                futures_util::future::Either::Left(_) => false,
+                futures_util::future::Either::Right((changed, _)) => changed.is_err(),
+            };
+        if closed || *drain.borrow() {
+            break;
         }
     }
 
@@ -375,7 +401,8 @@ async fn shard_main(ctx: Rc<ShardCtx>, sockets: ShardSockets, ready: std::sync::
     for s in &sessions {
         s.go_away("draining");
     }
-    let deadline = Instant::now() + Duration::from_millis(ctx.shared.config.limits.drain_timeout_ms);
+    let deadline =
+        Instant::now() + Duration::from_millis(ctx.shared.config.limits.drain_timeout_ms);
     while Instant::now() < deadline && ctx.sessions.borrow().iter().any(|s| !s.has_ended()) {
         ctx.shared.health.tick(ctx.index);
         compio::time::sleep(Duration::from_millis(50)).await;

@@ -11,10 +11,7 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use compio::BufResult;
-use compio::buf::IoBuf;
-use compio::io::{AsyncRead, AsyncWriteExt};
-use compio::net::TcpStream;
+use compio::buf::{IntoInner, IoBuf};
 use nowconnect_core::frame::{FrameDecoder, RstCode, StreamId};
 use nowconnect_core::heartbeat::{Heartbeat, HeartbeatAction};
 use nowconnect_core::name::ConnectorName;
@@ -26,10 +23,8 @@ use tokio::sync::{Notify, mpsc};
 
 use super::ShardCtx;
 use super::pool::HEADROOM;
+use super::transport::Conn;
 use crate::metrics::{CloseReason, ConnectorMetrics};
-
-/// Bytes read from an agent's connection at a time.
-const READ_BUFFER: usize = 64 * 1024;
 
 /// What a session tells a client connection.
 #[derive(Debug)]
@@ -163,7 +158,12 @@ impl SessionCtx {
 
     /// Sends `len` bytes the client reader placed at `buf[HEADROOM..]` as one DATA frame in
     /// one WebSocket message, without copying them.
-    pub(crate) fn send_data(&self, id: StreamId, mut buf: Vec<u8>, len: usize) -> Result<(), SendError> {
+    pub(crate) fn send_data(
+        &self,
+        id: StreamId,
+        mut buf: Vec<u8>,
+        len: usize,
+    ) -> Result<(), SendError> {
         self.flush_transmit();
         let now = self.shard.now();
         let frame_start = self
@@ -171,8 +171,20 @@ impl SessionCtx {
             .borrow_mut()
             .seal_data(now, id, &mut buf, HEADROOM, len)?;
         let payload_len = (HEADROOM - frame_start + len) as u64;
-        let start = ws::encode_header_before(&mut buf, frame_start, true, ws::Opcode::Binary, payload_len, None)
-            .map_err(|e| SendError::Headroom(nowconnect_core::frame::HeadroomError { needed: e.needed, available: e.available }))?;
+        let start = ws::encode_header_before(
+            &mut buf,
+            frame_start,
+            true,
+            ws::Opcode::Binary,
+            payload_len,
+            None,
+        )
+        .map_err(|e| {
+            SendError::Headroom(nowconnect_core::frame::HeadroomError {
+                needed: e.needed,
+                available: e.available,
+            })
+        })?;
         buf.truncate(HEADROOM + len);
         self.push_out(OutBuf {
             buf,
@@ -193,7 +205,11 @@ impl SessionCtx {
 
     /// The client's connection failed or was reset: tell the agent.
     pub(crate) fn client_reset(&self, id: StreamId) {
-        if self.core.borrow_mut().reset(id, RstCode::PeerReset, "client reset") {
+        if self
+            .core
+            .borrow_mut()
+            .reset(id, RstCode::PeerReset, "client reset")
+        {
             self.release(id, CloseReason::ClientReset);
         }
         self.flush_transmit();
@@ -236,7 +252,13 @@ impl SessionCtx {
         }
         let mut msg = Vec::with_capacity(ws::MAX_HEADER_LEN + pending.len());
         let mut header = [0u8; ws::MAX_HEADER_LEN];
-        let n = ws::encode_header(&mut header, true, ws::Opcode::Binary, pending.len() as u64, None);
+        let n = ws::encode_header(
+            &mut header,
+            true,
+            ws::Opcode::Binary,
+            pending.len() as u64,
+            None,
+        );
         msg.extend_from_slice(&header[..n]);
         msg.extend_from_slice(pending);
         core.clear_transmit();
@@ -325,7 +347,8 @@ impl SessionCtx {
             Event::OpenOk { id } => {
                 if let Some(slot) = self.slots.borrow_mut().get_mut(&id) {
                     slot.open_deadline = None;
-                    slot.metrics.open_latency(slot.opened_at.elapsed().as_secs_f64());
+                    slot.metrics
+                        .open_latency(slot.opened_at.elapsed().as_secs_f64());
                     let _ = slot.tx.send(ToClient::OpenOk);
                 }
             }
@@ -362,8 +385,8 @@ impl SessionCtx {
     }
 
     /// Runs the session until it ends: reader, writer and timers.
-    pub(crate) async fn run(self: Rc<Self>, stream: TcpStream, decoder: ws::Decoder, leftover: Vec<u8>) {
-        let (reader, writer) = stream.into_split();
+    pub(crate) async fn run(self: Rc<Self>, conn: Conn, decoder: ws::Decoder, leftover: Vec<u8>) {
+        let (reader, writer) = (conn.clone(), conn);
         let writer_task = compio::runtime::spawn(self.clone().write_loop(writer));
         let timer_task = compio::runtime::spawn(self.clone().timer_loop());
         let ending = self.clone().read_loop(reader, decoder, leftover).await;
@@ -373,7 +396,12 @@ impl SessionCtx {
         drop(timer_task);
     }
 
-    async fn read_loop(self: Rc<Self>, mut reader: TcpStream, mut decoder: ws::Decoder, leftover: Vec<u8>) -> Ending {
+    async fn read_loop(
+        self: Rc<Self>,
+        mut reader: Conn,
+        mut decoder: ws::Decoder,
+        leftover: Vec<u8>,
+    ) -> Ending {
         let max_frame = self.core.borrow().config().max_frame;
         let mut frames = FrameDecoder::new(max_frame);
         // Bytes that followed the upgrade request are processed first.
@@ -388,11 +416,13 @@ impl SessionCtx {
                     return ending;
                 }
             }
-            buf.clear();
-            buf.reserve(READ_BUFFER);
-            let read = futures_util::future::select(Box::pin(reader.read(buf)), Box::pin(self.wait_ended())).await;
+            let read = futures_util::future::select(
+                Box::pin(reader.read(buf)),
+                Box::pin(self.wait_ended()),
+            )
+            .await;
             let (result, returned) = match read {
-                futures_util::future::Either::Left((BufResult(result, returned), _)) => (result, returned),
+                futures_util::future::Either::Left(((result, returned), _)) => (result, returned),
                 futures_util::future::Either::Right(_) => {
                     return self.ended.get().unwrap_or(Ending {
                         code: CloseCode::NORMAL,
@@ -402,13 +432,13 @@ impl SessionCtx {
             };
             buf = returned;
             match result {
-                Ok(0) => {
+                Ok(()) if buf.is_empty() => {
                     return Ending {
                         code: CloseCode::GOING_AWAY,
                         reason: "agent closed the connection",
                     };
                 }
-                Ok(_) => {}
+                Ok(()) => {}
                 Err(_) => {
                     return Ending {
                         code: CloseCode::GOING_AWAY,
@@ -421,7 +451,12 @@ impl SessionCtx {
     }
 
     /// Feeds received bytes through the WebSocket and frame decoders into the core session.
-    fn process(&self, decoder: &mut ws::Decoder, frames: &mut FrameDecoder, input: &mut [u8]) -> Result<(), Ending> {
+    fn process(
+        &self,
+        decoder: &mut ws::Decoder,
+        frames: &mut FrameDecoder,
+        input: &mut [u8],
+    ) -> Result<(), Ending> {
         let now = self.shard.now();
         let mut pos = 0;
         while pos < input.len() {
@@ -437,20 +472,30 @@ impl SessionCtx {
                 Some(ws::Event::Binary { data, last }) => {
                     let mut rest: &[u8] = data;
                     while !rest.is_empty() {
-                        let (used, frame) = frames.decode(rest).map_err(|e| self.tunnel_error(SessionError::Frame(e)))?;
+                        let (used, frame) = frames
+                            .decode(rest)
+                            .map_err(|e| self.tunnel_error(SessionError::Frame(e)))?;
                         rest = &rest[used..];
                         if let Some(frame) = frame {
-                            let event = self.core.borrow_mut().recv(now, frame).map_err(|e| self.tunnel_error(e))?;
+                            let event = self
+                                .core
+                                .borrow_mut()
+                                .recv(now, frame)
+                                .map_err(|e| self.tunnel_error(e))?;
                             if let Some(event) = event {
                                 self.dispatch(event);
                             }
                         }
                     }
                     if last {
-                        frames.end_of_message().map_err(|e| self.tunnel_error(SessionError::Frame(e)))?;
+                        frames
+                            .end_of_message()
+                            .map_err(|e| self.tunnel_error(SessionError::Frame(e)))?;
                     }
                 }
-                Some(ws::Event::Ping(payload)) => self.push_control(ws::Opcode::Pong, payload.as_bytes()),
+                Some(ws::Event::Ping(payload)) => {
+                    self.push_control(ws::Opcode::Pong, payload.as_bytes())
+                }
                 Some(ws::Event::Pong(_)) => {}
                 Some(ws::Event::Text(_)) => {
                     self.shard.shared.metrics.protocol_error("unexpected_text");
@@ -482,7 +527,7 @@ impl SessionCtx {
         }
     }
 
-    async fn write_loop(self: Rc<Self>, mut writer: TcpStream) {
+    async fn write_loop(self: Rc<Self>, mut writer: Conn) {
         let mut batch: Vec<compio::buf::Slice<Vec<u8>>> = Vec::new();
         let mut pooled: Vec<bool> = Vec::new();
         loop {
@@ -499,13 +544,13 @@ impl SessionCtx {
             }
             if batch.is_empty() {
                 if self.ended.get().is_some() {
-                    let _ = writer.shutdown().await;
+                    writer.shutdown().await;
                     return;
                 }
                 self.out_notify.notified().await;
                 continue;
             }
-            let BufResult(result, returned) = writer.write_vectored_all(std::mem::take(&mut batch)).await;
+            let (result, returned) = writer.write_batch(std::mem::take(&mut batch)).await;
             for (slice, was_pooled) in returned.into_iter().zip(pooled.drain(..)) {
                 if was_pooled {
                     self.shard.pool.give(slice.into_inner());
@@ -537,7 +582,8 @@ impl SessionCtx {
             match self.heartbeat.borrow_mut().poll(now) {
                 HeartbeatAction::SendPing => self.push_control(ws::Opcode::Ping, b""),
                 HeartbeatAction::Dead => {
-                    tracing::warn!(session = %self.id, agent = %self.agent_id, "agent silent for three heartbeats");
+                    tracing::warn!(session = %self.id, agent = %self.agent_id, peer = %self.peer,
+                        "agent silent for three heartbeats");
                     self.end(Ending {
                         code: CloseCode::HEARTBEAT_TIMEOUT,
                         reason: "heartbeat timeout",
@@ -562,7 +608,12 @@ impl SessionCtx {
                 .map(|(id, _)| *id)
                 .collect();
             for id in late {
-                self.reset_stream(id, RstCode::Unreachable, CloseReason::OpenTimeout, "open timeout");
+                self.reset_stream(
+                    id,
+                    RstCode::Unreachable,
+                    CloseReason::OpenTimeout,
+                    "open timeout",
+                );
             }
             self.flush_transmit();
             self.check_drained();

@@ -11,8 +11,7 @@ use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use compio::BufResult;
-use compio::io::{AsyncRead, AsyncWriteExt};
+use compio::io::AsyncWriteExt;
 use compio::net::TcpStream;
 use nowconnect_core::control::{Hello, Refusal, Welcome};
 use nowconnect_core::handshake::{self, Parsed, RequestLimits};
@@ -21,6 +20,7 @@ use nowconnect_core::ws::{self, CloseCode};
 
 use super::ShardCtx;
 use super::session::SessionCtx;
+use super::transport::Conn;
 
 /// A refusal before the session exists.
 struct Refused {
@@ -51,8 +51,18 @@ pub(crate) async fn serve(shard: Rc<ShardCtx>, mut stream: TcpStream, peer: Sock
         let _ = stream.write_all(reply).await;
         return;
     }
+    let mut conn = match &shared.tls {
+        Some(config) => match Conn::tls(stream, config.clone()) {
+            Ok(conn) => conn,
+            Err(_) => {
+                shared.pending_handshakes.fetch_sub(1, Ordering::AcqRel);
+                return;
+            }
+        },
+        None => Conn::plain(stream),
+    };
     let timeout = Duration::from_millis(shared.config.limits.handshake_timeout_ms);
-    let result = compio::time::timeout(timeout, establish(&shard, &mut stream, peer)).await;
+    let result = compio::time::timeout(timeout, establish(&shard, &mut conn, peer)).await;
     shared.pending_handshakes.fetch_sub(1, Ordering::AcqRel);
     match result {
         Ok(Ok((session, decoder, leftover))) => {
@@ -60,7 +70,7 @@ pub(crate) async fn serve(shard: Rc<ShardCtx>, mut stream: TcpStream, peer: Sock
             shared.metrics.session_opened(&session.agent_id);
             tracing::info!(session = %session.id, agent = %session.agent_id, %peer,
                 accepted = ?session.accepted, "agent session established");
-            session.clone().run(stream, decoder, leftover).await;
+            session.clone().run(conn, decoder, leftover).await;
             shard.remove_session(&session);
             shared.metrics.session_closed(&session.agent_id, 0);
             tracing::info!(session = %session.id, agent = %session.agent_id, "agent session ended");
@@ -68,8 +78,9 @@ pub(crate) async fn serve(shard: Rc<ShardCtx>, mut stream: TcpStream, peer: Sock
         Ok(Err(refused)) => {
             shared.metrics.handshake_rejected(refused.reason);
             if !refused.reply.is_empty() {
-                let _ = stream.write_all(refused.reply).await;
+                let _ = conn.write_all(refused.reply).await;
             }
+            conn.shutdown().await;
         }
         Err(_) => {
             shared.metrics.handshake_rejected("timeout");
@@ -100,25 +111,36 @@ fn now_unix() -> u64 {
 /// The upgrade, authentication, HELLO and WELCOME.
 async fn establish(
     shard: &Rc<ShardCtx>,
-    stream: &mut TcpStream,
+    stream: &mut Conn,
     peer: SocketAddr,
 ) -> Result<(Rc<SessionCtx>, ws::Decoder, Vec<u8>), Refused> {
     let shared = &shard.shared;
-    let limits = RequestLimits::default();
+    if let Err(e) = stream.handshake().await {
+        tracing::warn!(%peer, error = %e, "agent connection refused: TLS handshake failed");
+        return Err(Refused {
+            reason: "tls",
+            reply: Vec::new(),
+        });
+    }
+    // Room for an 8 KiB token, a DPoP proof and the usual headers.
+    let limits = RequestLimits {
+        max_header_bytes: 16 * 1024,
+        ..RequestLimits::default()
+    };
     let mut buf: Vec<u8> = Vec::with_capacity(limits.max_header_bytes);
-    let mut chunk: Vec<u8> = Vec::with_capacity(4096);
+    let mut chunk: Vec<u8> = Vec::new();
     // Read until the request is complete.
     let (request_len, response, identity) = loop {
-        let BufResult(result, returned) = stream.read(chunk).await;
+        let (result, returned) = stream.read(chunk).await;
         chunk = returned;
         match result {
-            Ok(0) | Err(_) => {
+            Ok(()) if !chunk.is_empty() => buf.extend_from_slice(&chunk),
+            _ => {
                 return Err(Refused {
                     reason: "closed",
                     reply: Vec::new(),
                 });
             }
-            Ok(_) => buf.extend_from_slice(&chunk),
         }
         match handshake::parse_request(&buf, &limits) {
             Ok(Parsed::Partial) => continue,
@@ -134,7 +156,11 @@ async fn establish(
                         shared.metrics.auth_failure(failure.reason());
                         tracing::warn!(%peer, reason = failure.reason(), detail = %failure,
                             "agent refused: authentication failed");
-                        return Err(http_refusal("auth", 401, &[("WWW-Authenticate", failure.www_authenticate())]));
+                        return Err(http_refusal(
+                            "auth",
+                            401,
+                            &[("WWW-Authenticate", failure.www_authenticate())],
+                        ));
                     }
                 };
                 let mut response = Vec::new();
@@ -152,7 +178,7 @@ async fn establish(
             }
         }
     };
-    let BufResult(result, _) = stream.write_all(response).await;
+    let (result, _) = stream.write_all(response).await;
     if result.is_err() {
         return Err(Refused {
             reason: "closed",
@@ -172,9 +198,9 @@ async fn establish(
     let hello = 'hello: loop {
         let mut pos = 0;
         while pos < pending.len() {
-            let (n, event) = decoder
-                .decode(&mut pending[pos..])
-                .map_err(|e| close_refusal("websocket", e.close_code(), "websocket protocol error"))?;
+            let (n, event) = decoder.decode(&mut pending[pos..]).map_err(|e| {
+                close_refusal("websocket", e.close_code(), "websocket protocol error")
+            })?;
             pos += n;
             match event {
                 None => {}
@@ -197,16 +223,16 @@ async fn establish(
             }
         }
         pending.clear();
-        let BufResult(result, returned) = stream.read(chunk).await;
+        let (result, returned) = stream.read(chunk).await;
         chunk = returned;
         match result {
-            Ok(0) | Err(_) => {
+            Ok(()) if !chunk.is_empty() => pending.extend_from_slice(&chunk),
+            _ => {
                 return Err(Refused {
                     reason: "closed",
                     reply: Vec::new(),
                 });
             }
-            Ok(_) => pending.extend_from_slice(&chunk),
         }
     };
     let hello = Hello::parse(&hello).map_err(|e| {
@@ -217,13 +243,22 @@ async fn establish(
         shared.metrics.auth_failure("agent_id_mismatch");
         tracing::warn!(%peer, token_agent = %identity.agent_id, hello_agent = %hello.agent_id,
             "agent refused: HELLO agent_id differs from the token's");
-        return Err(close_refusal("agent_id", CloseCode::FORBIDDEN, "agent_id mismatch"));
+        return Err(close_refusal(
+            "agent_id",
+            CloseCode::FORBIDDEN,
+            "agent_id mismatch",
+        ));
     }
 
     let mut accepted = Vec::new();
     let mut refused = Vec::new();
     for connector in &hello.connectors {
-        if shared.config.listeners.iter().any(|l| l.connector == *connector) {
+        if shared
+            .config
+            .listeners
+            .iter()
+            .any(|l| l.connector == *connector)
+        {
             accepted.push(*connector);
         } else {
             refused.push(Refusal {
@@ -257,7 +292,14 @@ async fn establish(
             max_streams: limits.max_streams_per_session,
         },
     );
-    let session = SessionCtx::new(shard.clone(), session_id, identity.agent_id.clone(), peer, accepted, core);
+    let session = SessionCtx::new(
+        shard.clone(),
+        session_id,
+        identity.agent_id.clone(),
+        peer,
+        accepted,
+        core,
+    );
     session.send_text(&welcome.to_json());
     Ok((session, decoder, pending))
 }

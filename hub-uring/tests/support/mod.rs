@@ -49,7 +49,10 @@ impl Drop for TempDir {
 }
 
 pub fn now_unix() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
 }
 
 /// One EC P-256 signing key with its kid.
@@ -100,7 +103,8 @@ pub fn claims(agent_id: &str) -> serde_json::Value {
 
 /// Writes a JWKS holding `keys` to `path`.
 pub fn write_jwks(path: &Path, keys: &[&SigningKey]) {
-    let jwks = serde_json::json!({ "keys": keys.iter().map(|k| k.jwk.clone()).collect::<Vec<_>>() });
+    let jwks =
+        serde_json::json!({ "keys": keys.iter().map(|k| k.jwk.clone()).collect::<Vec<_>>() });
     std::fs::write(path, jwks.to_string()).unwrap();
 }
 
@@ -164,6 +168,8 @@ fn parse_addr_list(v: &serde_json::Value) -> Vec<SocketAddr> {
 
 impl Hub {
     /// Starts a hub with `yaml` (written into `dir`) and waits for it to report its addresses.
+    // The child is waited for in `Drop`.
+    #[allow(clippy::zombie_processes)]
     pub fn start(dir: TempDir, yaml: &str) -> Hub {
         let config = dir.path("hub.yaml");
         std::fs::write(&config, yaml).unwrap();
@@ -182,10 +188,10 @@ impl Hub {
                 if std::env::var_os("NC_TEST_VERBOSE").is_some() {
                     eprintln!("hub: {line}");
                 }
-                if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
-                    if tx.send(v).is_err() {
-                        break;
-                    }
+                if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line)
+                    && tx.send(v).is_err()
+                {
+                    break;
                 }
             }
         });
@@ -258,7 +264,11 @@ impl Drop for Hub {
 pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
     let mut s = TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    write!(s, "GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n").unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
     let mut out = String::new();
     let _ = s.read_to_string(&mut out);
     let status = out
@@ -322,11 +332,19 @@ pub enum OwnedFrame {
 
 fn own(frame: Frame<'_>) -> OwnedFrame {
     match frame {
-        Frame::Open { stream, connector, peer } => OwnedFrame::Open(stream, connector.to_string(), peer),
+        Frame::Open {
+            stream,
+            connector,
+            peer,
+        } => OwnedFrame::Open(stream, connector.to_string(), peer),
         Frame::OpenOk { stream } => OwnedFrame::OpenOk(stream),
         Frame::Data { stream, payload } => OwnedFrame::Data(stream, payload.to_vec()),
         Frame::Fin { stream } => OwnedFrame::Fin(stream),
-        Frame::Rst { stream, code, reason } => OwnedFrame::Rst(stream, code, reason_text(reason)),
+        Frame::Rst {
+            stream,
+            code,
+            reason,
+        } => OwnedFrame::Rst(stream, code, reason_text(reason)),
         Frame::Window { stream, increment } => OwnedFrame::Window(stream, increment),
     }
 }
@@ -347,7 +365,9 @@ pub enum Upgrade {
 /// Sends an upgrade request with `authorization` and reads the reply.
 pub fn upgrade(tunnel: SocketAddr, authorization: Option<&str>) -> Upgrade {
     let mut stream = TcpStream::connect(tunnel).unwrap();
-    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
     let mut req = Vec::new();
     let accept = handshake::write_request(
         &mut req,
@@ -375,7 +395,10 @@ pub fn upgrade(tunnel: SocketAddr, authorization: Option<&str>) -> Upgrade {
                 let rest = buf.split_off(consumed);
                 return Upgrade::Open(stream, rest);
             }
-            Err(handshake::HandshakeError::Rejected { status, www_authenticate }) => {
+            Err(handshake::HandshakeError::Rejected {
+                status,
+                www_authenticate,
+            }) => {
                 return Upgrade::Refused(status, www_authenticate);
             }
             Err(e) => panic!("bad upgrade reply: {e}"),
@@ -385,7 +408,12 @@ pub fn upgrade(tunnel: SocketAddr, authorization: Option<&str>) -> Upgrade {
 
 impl RawAgent {
     /// Upgrades with `token`, sends HELLO for `connectors` and reads WELCOME.
-    pub fn connect(tunnel: SocketAddr, token: &str, agent_id: &str, connectors: &[&str]) -> RawAgent {
+    pub fn connect(
+        tunnel: SocketAddr,
+        token: &str,
+        agent_id: &str,
+        connectors: &[&str],
+    ) -> RawAgent {
         let auth = format!("Bearer {token}");
         let Upgrade::Open(stream, rest) = upgrade(tunnel, Some(&auth)) else {
             panic!("upgrade refused");
@@ -414,7 +442,10 @@ impl RawAgent {
         let hello = Hello {
             v: 1,
             agent_id: agent_id.to_string(),
-            connectors: connectors.iter().map(|c| ConnectorName::from_str(c).unwrap()).collect(),
+            connectors: connectors
+                .iter()
+                .map(|c| ConnectorName::from_str(c).unwrap())
+                .collect(),
             lane: 0,
             lanes: 1,
             software: "raw-agent/0".into(),
@@ -426,7 +457,10 @@ impl RawAgent {
     }
 
     fn next_mask(&mut self) -> [u8; 4] {
-        self.mask_seed = self.mask_seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+        self.mask_seed = self
+            .mask_seed
+            .wrapping_mul(1_664_525)
+            .wrapping_add(1_013_904_223);
         self.mask_seed.to_be_bytes()
     }
 

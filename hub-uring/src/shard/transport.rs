@@ -1,0 +1,223 @@
+//! The agent connection's transport: plain TCP behind a TLS-terminating ingress, or TLS here.
+//!
+//! TLS uses rustls' connection state directly (it does no I/O of its own): ciphertext read from
+//! the socket goes in, plaintext comes out, and plaintext to send is sealed into ciphertext that
+//! the session's writer sends. The reader and writer tasks of a session share the state through
+//! an `Rc<RefCell<…>>`, never borrowed across an `.await`, so reads and writes proceed
+//! concurrently as they do on plain TCP.
+
+use std::cell::RefCell;
+use std::io::{self, Read, Write};
+use std::rc::Rc;
+use std::sync::Arc;
+
+use compio::BufResult;
+use compio::io::{AsyncRead, AsyncWriteExt};
+use compio::net::TcpStream;
+use nowconnect_core::config::{ClientAuth, TlsConfig};
+use rustls::ServerConfig;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+
+/// Builds the TLS configuration of the tunnel listener from the cert and key files.
+pub(crate) fn server_config(tls: &TlsConfig) -> Result<Arc<ServerConfig>, String> {
+    if tls.client_auth != ClientAuth::None {
+        return Err(format!(
+            "tunnel.tls.client_auth: `{}` is not supported by this hub version, expected `none`",
+            tls.client_auth
+        ));
+    }
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&tls.cert_file)
+        .and_then(|it| it.collect::<Result<_, _>>())
+        .map_err(|e| format!("tunnel.tls.cert_file: `{}`: {e}", tls.cert_file.display()))?;
+    if certs.is_empty() {
+        return Err(format!(
+            "tunnel.tls.cert_file: `{}` holds no certificate",
+            tls.cert_file.display()
+        ));
+    }
+    let key = PrivateKeyDer::from_pem_file(&tls.key_file)
+        .map_err(|e| format!("tunnel.tls.key_file: `{}`: {e}", tls.key_file.display()))?;
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let config = ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("tunnel.tls: {e}"))?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| format!("tunnel.tls.key_file: `{}`: {e}", tls.key_file.display()))?;
+    Ok(Arc::new(config))
+}
+
+/// Bytes read from the socket at a time.
+const READ_CHUNK: usize = 64 * 1024;
+
+/// One agent connection. Cheap to clone: clones share the socket and the TLS state.
+#[derive(Clone)]
+pub(crate) struct Conn {
+    tcp: TcpStream,
+    tls: Option<Rc<RefCell<rustls::ServerConnection>>>,
+}
+
+impl Conn {
+    /// A plain connection.
+    pub(crate) fn plain(tcp: TcpStream) -> Conn {
+        Conn { tcp, tls: None }
+    }
+
+    /// A TLS connection; call [`Conn::handshake`] before anything else.
+    pub(crate) fn tls(tcp: TcpStream, config: Arc<ServerConfig>) -> io::Result<Conn> {
+        let state = rustls::ServerConnection::new(config).map_err(io::Error::other)?;
+        Ok(Conn {
+            tcp,
+            tls: Some(Rc::new(RefCell::new(state))),
+        })
+    }
+
+    /// Completes the TLS handshake (nothing to do on plain TCP).
+    pub(crate) async fn handshake(&mut self) -> io::Result<()> {
+        let Some(tls) = self.tls.clone() else {
+            return Ok(());
+        };
+        let mut buf = Vec::with_capacity(READ_CHUNK);
+        loop {
+            self.flush_tls().await?;
+            if !tls.borrow().is_handshaking() {
+                return Ok(());
+            }
+            buf.clear();
+            let BufResult(result, returned) = self.tcp.read(buf).await;
+            buf = returned;
+            if result? == 0 {
+                return Err(io::ErrorKind::UnexpectedEof.into());
+            }
+            self.absorb(&buf)?;
+        }
+    }
+
+    /// Feeds ciphertext to the TLS state.
+    fn absorb(&self, mut ciphertext: &[u8]) -> io::Result<()> {
+        let Some(tls) = &self.tls else {
+            return Ok(());
+        };
+        let mut tls = tls.borrow_mut();
+        while !ciphertext.is_empty() {
+            tls.read_tls(&mut ciphertext)?;
+            if let Err(e) = tls.process_new_packets() {
+                return Err(io::Error::new(io::ErrorKind::InvalidData, e));
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends whatever TLS records are waiting (handshake messages, alerts, sealed data).
+    async fn flush_tls(&self) -> io::Result<()> {
+        let Some(tls) = &self.tls else {
+            return Ok(());
+        };
+        let mut out = Vec::new();
+        {
+            let mut tls = tls.borrow_mut();
+            while tls.wants_write() {
+                tls.write_tls(&mut out)?;
+            }
+        }
+        if !out.is_empty() {
+            let mut tcp = self.tcp.clone();
+            let BufResult(result, _) = tcp.write_all(out).await;
+            result?;
+        }
+        Ok(())
+    }
+
+    /// Reads and returns the next plaintext bytes into `buf` (replacing its contents); an
+    /// empty result means the peer closed the connection.
+    pub(crate) async fn read(&mut self, mut buf: Vec<u8>) -> (io::Result<()>, Vec<u8>) {
+        buf.clear();
+        let Some(tls) = self.tls.clone() else {
+            buf.reserve(READ_CHUNK);
+            let BufResult(result, buf) = self.tcp.read(buf).await;
+            return (result.map(|_| ()), buf);
+        };
+        loop {
+            {
+                let mut state = tls.borrow_mut();
+                let mut chunk = [0u8; 16 * 1024];
+                loop {
+                    match state.reader().read(&mut chunk) {
+                        Ok(0) => return (Ok(()), buf),
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                        Err(e) => return (Err(e), buf),
+                    }
+                }
+            }
+            if !buf.is_empty() {
+                return (Ok(()), buf);
+            }
+            let cipher = Vec::with_capacity(READ_CHUNK);
+            let BufResult(result, cipher) = self.tcp.read(cipher).await;
+            match result {
+                Ok(0) => return (Ok(()), buf),
+                Ok(_) => {}
+                Err(e) => return (Err(e), buf),
+            }
+            if let Err(e) = self.absorb(&cipher) {
+                let _ = self.flush_tls().await;
+                return (Err(e), buf);
+            }
+            if let Err(e) = self.flush_tls().await {
+                return (Err(e), buf);
+            }
+        }
+    }
+
+    /// Writes `plain` in order. On TLS it is sealed first (one copy, inherent to TLS).
+    pub(crate) async fn write_all(&mut self, plain: Vec<u8>) -> (io::Result<()>, Vec<u8>) {
+        match &self.tls {
+            None => {
+                let BufResult(result, buf) = self.tcp.write_all(plain).await;
+                (result, buf)
+            }
+            Some(tls) => {
+                let sealed = tls.borrow_mut().writer().write_all(&plain);
+                if let Err(e) = sealed {
+                    return (Err(e), plain);
+                }
+                (self.flush_tls().await, plain)
+            }
+        }
+    }
+
+    /// Writes several buffers (`bufs[i][starts[i]..]`) in order, vectored on plain TCP.
+    pub(crate) async fn write_batch(
+        &mut self,
+        bufs: Vec<compio::buf::Slice<Vec<u8>>>,
+    ) -> (io::Result<()>, Vec<compio::buf::Slice<Vec<u8>>>) {
+        match &self.tls {
+            None => {
+                let BufResult(result, bufs) = self.tcp.write_vectored_all(bufs).await;
+                (result, bufs)
+            }
+            Some(tls) => {
+                {
+                    let mut state = tls.borrow_mut();
+                    for b in &bufs {
+                        if let Err(e) = state.writer().write_all(b) {
+                            return (Err(e), bufs);
+                        }
+                    }
+                }
+                (self.flush_tls().await, bufs)
+            }
+        }
+    }
+
+    /// Ends our direction: TLS close_notify, then a TCP half-close.
+    pub(crate) async fn shutdown(&mut self) {
+        if let Some(tls) = &self.tls {
+            tls.borrow_mut().send_close_notify();
+            let _ = self.flush_tls().await;
+        }
+        let _ = compio::io::AsyncWrite::shutdown(&mut self.tcp).await;
+    }
+}
