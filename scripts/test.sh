@@ -11,10 +11,17 @@ if ((${#need_apt[@]})); then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}"
 fi
 
+# The end-to-end tests run the hub and agent binaries: build them first.
+cargo build --workspace --bins --quiet
+
 # Doc tests first (nextest does not run them), so the summary of the main run closes the output.
 cargo test --workspace --doc --quiet
+
+# The hub's process tests run once per driver: io_uring with everything else, then epoll.
 if cargo nextest --version >/dev/null 2>&1; then
-    cargo nextest run --workspace --all-targets --no-fail-fast "$@"
+    NOWCONNECT_TEST_DRIVER=epoll cargo nextest run -p nowconnect-hub --tests --no-fail-fast "$@"
+    NOWCONNECT_TEST_DRIVER=io_uring cargo nextest run --workspace --all-targets --no-fail-fast "$@"
 else
-    cargo test --workspace --all-targets --no-fail-fast "$@"
+    NOWCONNECT_TEST_DRIVER=epoll cargo test -p nowconnect-hub --tests --no-fail-fast "$@"
+    NOWCONNECT_TEST_DRIVER=io_uring cargo test --workspace --all-targets --no-fail-fast "$@"
 fi

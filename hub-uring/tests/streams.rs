@@ -412,3 +412,60 @@ fn sigterm_drains_and_lets_a_running_stream_finish() {
     };
     assert!(status.success());
 }
+
+#[test]
+fn clients_on_a_shard_without_a_session_are_handed_to_one_that_has() {
+    let dir = TempDir::new("hub");
+    let key = SigningKey::generate("k1");
+    let jwks = dir.path("jwks.json");
+    write_jwks(&jwks, &[&key]);
+    let yaml = hub_yaml(&jwks, &["svc"], "").replace("shards: 1", "shards: 2");
+    let hub = Hub::start(dir, &yaml);
+    // One session: it lands on one of the two shards.
+    let mut agent = RawAgent::connect(hub.addrs.tunnel, &key.token("agent-1"), "agent-1", &["svc"]);
+    // Enough clients that the kernel's SO_REUSEPORT hash puts some on the other shard.
+    let mut clients = Vec::new();
+    for i in 0..24u8 {
+        let mut c = TcpStream::connect(hub.addrs.listeners[0]).unwrap();
+        c.set_read_timeout(Some(WAIT)).unwrap();
+        c.write_all(&[i]).unwrap();
+        clients.push(c);
+    }
+    // Every client reaches the agent, and an echo gets back to each.
+    let mut seen = Vec::new();
+    while seen.len() < clients.len() {
+        match agent
+            .next_frame(WAIT)
+            .expect("every client reaches the agent")
+        {
+            OwnedFrame::Data(id, d) => {
+                agent.send_frames(&frames(|v| {
+                    frame::encode_open_ok(v, id);
+                    frame::encode_data(v, id, &d);
+                }));
+                seen.push(d[0]);
+            }
+            OwnedFrame::Open(..) => {}
+            other => panic!("{other:?}"),
+        }
+    }
+    for (i, c) in clients.iter_mut().enumerate() {
+        let mut b = [0u8; 1];
+        c.read_exact(&mut b).unwrap();
+        assert_eq!(b[0], i as u8);
+    }
+    let (_, metrics) = hub.admin_get("/metrics");
+    let crossed: f64 = metrics
+        .lines()
+        .filter(|l| l.starts_with("nowconnect_cross_shard_messages_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    eprintln!(
+        "clients handed between shards: {crossed} of {}",
+        clients.len()
+    );
+    assert!(
+        crossed < clients.len() as f64,
+        "at least the session's own shard serves locally"
+    );
+}

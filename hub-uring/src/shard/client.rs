@@ -26,12 +26,14 @@ pub(crate) fn reset(stream: &TcpStream) {
     let _ = stream.set_zero_linger();
 }
 
-/// Serves a client accepted on listener `listener` of this shard.
+/// Serves a client accepted on listener `listener`, here or (`handed_off`) on another shard
+/// that had no session for the connector.
 pub(crate) async fn serve(
     shard: Rc<ShardCtx>,
     stream: TcpStream,
     peer: SocketAddr,
     listener: usize,
+    handed_off: bool,
 ) {
     let info = &shard.listeners[listener];
     let metrics = info.metrics.clone();
@@ -48,7 +50,20 @@ pub(crate) async fn serve(
         return reject(RejectReason::Draining);
     }
     let Some(session) = shard.route(&info.connector) else {
-        return reject(RejectReason::NoAgent);
+        if handed_off {
+            return reject(RejectReason::NoAgent);
+        }
+        // No session here: move the client to a shard that has one. Only the hand-off
+        // crosses shards; the client's frames then stay on its new shard.
+        return match shard.hand_off(&info.connector, stream, peer, listener) {
+            Ok(to) => {
+                tracing::debug!(connector = %info.connector, %peer, from = shard.index, to, "client handed over")
+            }
+            Err(stream) => {
+                metrics.client_rejected(RejectReason::NoAgent);
+                reset(&stream);
+            }
+        };
     };
     let Some((id, rx, credit)) = session.open_stream(&info.connector, peer, metrics.clone()) else {
         return reject(RejectReason::Overload);

@@ -12,6 +12,7 @@
 
 mod client;
 mod listen;
+mod mesh;
 mod pool;
 mod session;
 mod transport;
@@ -49,6 +50,8 @@ pub(crate) struct Shared {
     /// The tunnel's TLS configuration, when the hub terminates TLS itself.
     pub(crate) tls: Option<Arc<rustls::ServerConfig>>,
     pub(crate) pending_handshakes: AtomicUsize,
+    /// Session presence per shard and the wake-ups of the hand-off rings.
+    pub(crate) mesh: mesh::Mesh,
     /// Becomes true when the drain starts.
     pub(crate) drain: watch::Receiver<bool>,
 }
@@ -66,7 +69,9 @@ pub(crate) struct ShardCtx {
     pub(crate) shared: Arc<Shared>,
     pub(crate) listeners: Vec<ListenerInfo>,
     pub(crate) pool: BufferPool,
-    metrics: ShardMetrics,
+    pub(crate) metrics: ShardMetrics,
+    /// This shard's sending ends of the hand-off rings, by destination shard.
+    outbound: RefCell<Vec<Option<rtrb::Producer<mesh::Handoff>>>>,
     origin: Instant,
     sessions: RefCell<Vec<Rc<SessionCtx>>>,
     routes: RefCell<HashMap<ConnectorName, Vec<Rc<SessionCtx>>>>,
@@ -104,6 +109,7 @@ impl ShardCtx {
         let mut routes = self.routes.borrow_mut();
         for connector in &session.accepted {
             routes.entry(*connector).or_default().push(session.clone());
+            self.shared.mesh.update(*connector, self.index, 1);
         }
         self.sessions.borrow_mut().push(session);
         self.metrics
@@ -111,6 +117,9 @@ impl ShardCtx {
     }
 
     pub(crate) fn remove_session(&self, session: &Rc<SessionCtx>) {
+        for connector in &session.accepted {
+            self.shared.mesh.update(*connector, self.index, -1);
+        }
         let mut routes = self.routes.borrow_mut();
         for list in routes.values_mut() {
             list.retain(|s| !Rc::ptr_eq(s, session));
@@ -120,6 +129,41 @@ impl ShardCtx {
             .retain(|s| !Rc::ptr_eq(s, session));
         self.metrics
             .set_sessions(self.sessions.borrow().len() as u64);
+    }
+
+    /// Moves a client to another shard that has a session for `connector`. Gives the stream
+    /// back when no shard has one or the ring is full.
+    pub(crate) fn hand_off(
+        &self,
+        connector: &ConnectorName,
+        stream: compio::net::TcpStream,
+        peer: SocketAddr,
+        listener: usize,
+    ) -> Result<usize, compio::net::TcpStream> {
+        let Some(to) = self.shared.mesh.shard_with(connector, self.index) else {
+            return Err(stream);
+        };
+        let Ok(dup) = socket2::SockRef::from(&stream).try_clone() else {
+            return Err(stream);
+        };
+        let handoff = mesh::Handoff {
+            stream: dup.into(),
+            peer,
+            listener,
+        };
+        let mut outbound = self.outbound.borrow_mut();
+        let Some(Some(producer)) = outbound.get_mut(to) else {
+            return Err(stream);
+        };
+        match mesh::send(&self.shared.mesh, producer, to, handoff) {
+            Ok(()) => {
+                self.metrics.cross_shard(to, 1);
+                // The duplicate now owns the connection; closing ours leaves it open.
+                drop(stream);
+                Ok(to)
+            }
+            Err(_) => Err(stream),
+        }
     }
 }
 
@@ -212,6 +256,7 @@ fn start(config: HubConfig) -> Result<ExitCode, String> {
         Some(tls) => Some(transport::server_config(tls)?),
         None => None,
     };
+    let (mesh, ring_ends) = mesh::Mesh::new(shards);
     let (drain_tx, drain_rx) = watch::channel(false);
     let drain_timeout = Duration::from_millis(config.limits.drain_timeout_ms);
     let shared = Arc::new(Shared {
@@ -222,13 +267,14 @@ fn start(config: HubConfig) -> Result<ExitCode, String> {
         auth,
         tls,
         pending_handshakes: AtomicUsize::new(0),
+        mesh,
         drain: drain_rx,
     });
 
     let cores = core_affinity::get_core_ids().unwrap_or_default();
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), String>>();
     let mut threads = Vec::new();
-    for (index, sockets) in per_shard.into_iter().enumerate() {
+    for (index, (sockets, ends)) in per_shard.into_iter().zip(ring_ends).enumerate() {
         let shared = shared.clone();
         let core = cores.get(index % cores.len().max(1)).copied();
         let ready = ready_tx.clone();
@@ -238,7 +284,7 @@ fn start(config: HubConfig) -> Result<ExitCode, String> {
                 if let Some(core) = core {
                     core_affinity::set_for_current(core);
                 }
-                shard_thread(index, shared, sockets, ready);
+                shard_thread(index, shared, sockets, ends, ready);
             })
             .map_err(|e| format!("starting shard {index}: {e}"))?;
         threads.push(thread);
@@ -283,6 +329,7 @@ fn shard_thread(
     index: usize,
     shared: Arc<Shared>,
     sockets: ShardSockets,
+    ends: mesh::Ends,
     ready: std::sync::mpsc::Sender<Result<(), String>>,
 ) {
     let rt = match crate::runtime::build(shared.config.hub.driver) {
@@ -315,17 +362,49 @@ fn shard_thread(
         listeners,
         pool: BufferPool::new(frame_payload, 4096),
         metrics,
+        outbound: RefCell::new(ends.outbound),
         origin: Instant::now(),
         sessions: RefCell::new(Vec::new()),
         routes: RefCell::new(HashMap::new()),
         session_counter: Cell::new(0),
     });
-    rt.runtime.block_on(shard_main(ctx, sockets, ready));
+    rt.runtime
+        .block_on(shard_main(ctx, sockets, ends.inbound, ready));
+}
+
+/// Serves clients handed over by other shards: drains every inbound ring per wake-up.
+async fn receive_handoffs(
+    ctx: Rc<ShardCtx>,
+    mut inbound: Vec<Option<rtrb::Consumer<mesh::Handoff>>>,
+) {
+    loop {
+        ctx.shared.mesh.woken(ctx.index).await;
+        for consumer in inbound.iter_mut().flatten() {
+            while let Ok(handoff) = consumer.pop() {
+                match compio::net::TcpStream::from_std(handoff.stream) {
+                    Ok(stream) => {
+                        let serve = client::serve(
+                            ctx.clone(),
+                            stream,
+                            handoff.peer,
+                            handoff.listener,
+                            true,
+                        );
+                        compio::runtime::spawn(serve).detach();
+                    }
+                    Err(e) => {
+                        tracing::warn!(shard = ctx.index, error = %e, "handed-over client lost")
+                    }
+                }
+            }
+        }
+    }
 }
 
 async fn shard_main(
     ctx: Rc<ShardCtx>,
     sockets: ShardSockets,
+    inbound: Vec<Option<rtrb::Consumer<mesh::Handoff>>>,
     ready: std::sync::mpsc::Sender<Result<(), String>>,
 ) {
     let tunnel = match compio::net::TcpListener::from_std(sockets.tunnel) {
@@ -336,6 +415,10 @@ async fn shard_main(
         }
     };
     let mut accept_tasks = Vec::new();
+    accept_tasks.push(compio::runtime::spawn(receive_handoffs(
+        ctx.clone(),
+        inbound,
+    )));
     {
         let ctx = ctx.clone();
         accept_tasks.push(compio::runtime::spawn(async move {
@@ -365,7 +448,7 @@ async fn shard_main(
             loop {
                 match listener.accept().await {
                     Ok((stream, peer)) => {
-                        compio::runtime::spawn(client::serve(ctx.clone(), stream, peer, i))
+                        compio::runtime::spawn(client::serve(ctx.clone(), stream, peer, i, false))
                             .detach();
                     }
                     Err(e) => {
