@@ -469,3 +469,26 @@ fn clients_on_a_shard_without_a_session_are_handed_to_one_that_has() {
         "at least the session's own shard serves locally"
     );
 }
+
+#[test]
+fn an_idle_client_holds_no_buffer() {
+    let rig = rig(&["svc"], "");
+    let mut agent = rig.agent(&["svc"]);
+    let mut clients = Vec::new();
+    for _ in 0..4 {
+        clients.push(rig.client(0));
+        let id = expect_open(&mut agent);
+        agent.send_frames(&frames(|v| frame::encode_open_ok(v, id)));
+    }
+    // Let the shard publish its pool gauges (every half second) with the clients idle.
+    std::thread::sleep(Duration::from_millis(1200));
+    assert_eq!(
+        rig.hub.metric("nowconnect_buffer_pool_in_use{shard=\"0\"}"),
+        Some(0.0),
+        "idle clients must not pin receive buffers"
+    );
+    // A client that sends gets its bytes through.
+    clients[0].write_all(b"wake").unwrap();
+    let f = agent.expect(WAIT, |f| matches!(f, OwnedFrame::Data(..)));
+    assert!(matches!(f, OwnedFrame::Data(_, ref d) if d == b"wake"));
+}

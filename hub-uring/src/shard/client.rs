@@ -118,13 +118,25 @@ async fn client_to_agent(
     credit: &Notify,
     metrics: &ConnectorMetrics,
 ) -> Outcome {
+    // Readiness is awaited without a buffer, so an idle client holds none. After a read that
+    // filled its buffer more bytes are likely waiting, and the next read goes straight on.
+    let Ok(readiness) = reader.to_poll_fd() else {
+        session.client_reset(id);
+        return Outcome::Reset;
+    };
+    let mut drained = true;
     loop {
+        if drained && readiness.read_ready().await.is_err() {
+            session.client_reset(id);
+            return Outcome::Reset;
+        }
         let allowed = session.credit(id);
         if allowed == 0 {
             if session.has_ended() {
                 return Outcome::Reset;
             }
             credit.notified().await;
+            drained = false;
             continue;
         }
         let want = allowed.min(shard.pool.payload_capacity());
@@ -138,6 +150,7 @@ async fn client_to_agent(
                 return Outcome::Done;
             }
             Ok(n) => {
+                drained = n < want;
                 metrics.bytes_to_agent(n as u64);
                 if session.send_data(id, buf, n).is_err() {
                     // The stream is gone (reset while we read); the other direction says why.
