@@ -14,11 +14,11 @@ use compio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use compio::net::TcpStream;
 use futures_util::future::{Either, select};
 use nowconnect_core::frame::StreamId;
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::Notify;
 
 use super::ShardCtx;
 use super::pool::HEADROOM;
-use super::session::{SessionCtx, ToClient};
+use super::session::{Mailbox, SessionCtx, ToClient};
 use crate::metrics::{ConnectorMetrics, RejectReason};
 
 /// Closes `stream` with a TCP RST.
@@ -65,12 +65,13 @@ pub(crate) async fn serve(
             }
         };
     };
-    let Some((id, rx, credit)) = session.open_stream(&info.connector, peer, metrics.clone()) else {
+    let Some((id, mailbox, credit)) = session.open_stream(&info.connector, peer, metrics.clone())
+    else {
         return reject(RejectReason::Overload);
     };
     metrics.stream_opened();
     let _ = stream.set_nodelay(true);
-    pump(shard, session, id, stream, rx, credit, metrics).await;
+    pump(shard, session, id, stream, mailbox, credit, metrics).await;
 }
 
 /// How a direction ended.
@@ -86,7 +87,7 @@ async fn pump(
     session: Rc<SessionCtx>,
     id: StreamId,
     stream: TcpStream,
-    rx: mpsc::UnboundedReceiver<ToClient>,
+    mailbox: Rc<Mailbox>,
     credit: Rc<Notify>,
     metrics: ConnectorMetrics,
 ) {
@@ -98,7 +99,13 @@ async fn pump(
         &credit,
         &metrics,
     ));
-    let down = Box::pin(agent_to_client(&session, id, stream.clone(), rx));
+    let down = Box::pin(agent_to_client(
+        &shard,
+        &session,
+        id,
+        stream.clone(),
+        &mailbox,
+    ));
     let outcome = match select(up, down).await {
         Either::Left((Outcome::Done, down)) => down.await,
         Either::Left((Outcome::Reset, _)) => Outcome::Reset,
@@ -168,17 +175,19 @@ async fn client_to_agent(
 
 /// Agent → client. Done when the stream closed normally (both directions finished).
 async fn agent_to_client(
+    shard: &ShardCtx,
     session: &SessionCtx,
     id: StreamId,
     mut writer: TcpStream,
-    mut rx: mpsc::UnboundedReceiver<ToClient>,
+    mailbox: &Mailbox,
 ) -> Outcome {
-    while let Some(msg) = rx.recv().await {
+    while let Some(msg) = mailbox.recv().await {
         match msg {
             ToClient::OpenOk => {}
             ToClient::Data(bytes) => {
                 let n = bytes.len();
-                let BufResult(result, _) = writer.write_all(bytes).await;
+                let BufResult(result, bytes) = writer.write_all(bytes).await;
+                shard.pool.give(bytes);
                 if result.is_err() {
                     session.client_reset(id);
                     return Outcome::Reset;

@@ -62,8 +62,12 @@ impl BufferPool {
         if buf.capacity() < self.buffer_len {
             return;
         }
-        // No zeroing: only the length changes, the headroom stays initialised.
-        buf.truncate(HEADROOM);
+        // No zeroing when the buffer already covers the headroom: only the length changes.
+        if buf.len() >= HEADROOM {
+            buf.truncate(HEADROOM);
+        } else {
+            buf.resize(HEADROOM, 0);
+        }
         let mut free = self.free.borrow_mut();
         if free.len() < self.max_free {
             free.push(buf);

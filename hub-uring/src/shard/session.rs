@@ -19,7 +19,7 @@ use nowconnect_core::session::{Event, Session, SessionError};
 use nowconnect_core::stream::SendError;
 use nowconnect_core::time::Millis;
 use nowconnect_core::ws::{self, CloseCode};
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::Notify;
 
 use super::ShardCtx;
 use super::pool::HEADROOM;
@@ -31,7 +31,7 @@ use crate::metrics::{CloseReason, ConnectorMetrics};
 pub(crate) enum ToClient {
     /// The agent reached the target.
     OpenOk,
-    /// Bytes for the client.
+    /// Bytes for the client, in a pooled buffer to give back after the write.
     Data(Vec<u8>),
     /// The agent finished its direction.
     Fin,
@@ -39,13 +39,56 @@ pub(crate) enum ToClient {
     Reset(CloseReason),
 }
 
+/// A stream's inbox: what the session delivers to the client task, in order. Its queue keeps
+/// its allocation, so steady traffic allocates nothing; the window bounds what it holds.
+#[derive(Default)]
+pub(crate) struct Mailbox {
+    items: RefCell<VecDeque<ToClient>>,
+    closed: Cell<bool>,
+    notify: Notify,
+}
+
+impl Mailbox {
+    fn send(&self, message: ToClient) {
+        if !self.closed.get() {
+            self.items.borrow_mut().push_back(message);
+            self.notify.notify_one();
+        }
+    }
+
+    fn close(&self) {
+        self.closed.set(true);
+        self.notify.notify_one();
+    }
+
+    /// The next message, or `None` once the stream is gone and everything was taken.
+    pub(crate) async fn recv(&self) -> Option<ToClient> {
+        loop {
+            if let Some(message) = self.items.borrow_mut().pop_front() {
+                return Some(message);
+            }
+            if self.closed.get() {
+                return None;
+            }
+            self.notify.notified().await;
+        }
+    }
+}
+
 /// A client connection as its session sees it.
 struct Slot {
-    tx: mpsc::UnboundedSender<ToClient>,
+    mailbox: Rc<Mailbox>,
     credit: Rc<Notify>,
     open_deadline: Option<Millis>,
     opened_at: Instant,
     metrics: ConnectorMetrics,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        // The client task drains what was delivered, then sees the end.
+        self.mailbox.close();
+    }
 }
 
 /// An outgoing WebSocket message: `buf[start..]` is sent.
@@ -128,18 +171,18 @@ impl SessionCtx {
         connector: &ConnectorName,
         peer: SocketAddr,
         metrics: ConnectorMetrics,
-    ) -> Option<(StreamId, mpsc::UnboundedReceiver<ToClient>, Rc<Notify>)> {
+    ) -> Option<(StreamId, Rc<Mailbox>, Rc<Notify>)> {
         if self.ended.get().is_some() {
             return None;
         }
         let now = self.shard.now();
         let id = self.core.borrow_mut().open(now, connector, peer).ok()?;
-        let (tx, rx) = mpsc::unbounded_channel();
+        let mailbox = Rc::new(Mailbox::default());
         let credit = Rc::new(Notify::new());
         self.slots.borrow_mut().insert(
             id,
             Slot {
-                tx,
+                mailbox: mailbox.clone(),
                 credit: credit.clone(),
                 open_deadline: Some(now + self.open_timeout_ms),
                 opened_at: Instant::now(),
@@ -147,7 +190,7 @@ impl SessionCtx {
             },
         );
         self.flush_transmit();
-        Some((id, rx, credit))
+        Some((id, mailbox, credit))
     }
 
     /// Bytes the client's stream may send now, capped at one frame.
@@ -234,7 +277,7 @@ impl SessionCtx {
         self.core.borrow_mut().reset(id, code, text);
         if let Some(slot) = self.slots.borrow_mut().remove(&id) {
             slot.metrics.stream_closed(reason);
-            let _ = slot.tx.send(ToClient::Reset(reason));
+            slot.mailbox.send(ToClient::Reset(reason));
         }
     }
 
@@ -250,7 +293,8 @@ impl SessionCtx {
         if pending.is_empty() {
             return;
         }
-        let mut msg = Vec::with_capacity(ws::MAX_HEADER_LEN + pending.len());
+        let mut msg = self.shard.pool.take();
+        msg.clear();
         let mut header = [0u8; ws::MAX_HEADER_LEN];
         let n = ws::encode_header(
             &mut header,
@@ -266,7 +310,7 @@ impl SessionCtx {
         self.push_out(OutBuf {
             buf: msg,
             start: 0,
-            pooled: false,
+            pooled: true,
         });
     }
 
@@ -318,7 +362,8 @@ impl SessionCtx {
         let slots: Vec<Slot> = self.slots.borrow_mut().drain().map(|(_, s)| s).collect();
         for slot in slots {
             slot.metrics.stream_closed(CloseReason::SessionEnded);
-            let _ = slot.tx.send(ToClient::Reset(CloseReason::SessionEnded));
+            slot.mailbox
+                .send(ToClient::Reset(CloseReason::SessionEnded));
         }
         let mut close = Vec::new();
         ws::encode_close(&mut close, ending.code, ending.reason, None);
@@ -349,19 +394,22 @@ impl SessionCtx {
                     slot.open_deadline = None;
                     slot.metrics
                         .open_latency(slot.opened_at.elapsed().as_secs_f64());
-                    let _ = slot.tx.send(ToClient::OpenOk);
+                    slot.mailbox.send(ToClient::OpenOk);
                 }
             }
             Event::Data { id, data } => {
                 if let Some(slot) = self.slots.borrow().get(&id) {
                     slot.metrics.bytes_to_client(data.len() as u64);
-                    let _ = slot.tx.send(ToClient::Data(data.to_vec()));
+                    let mut buf = self.shard.pool.take();
+                    buf.clear();
+                    buf.extend_from_slice(data);
+                    slot.mailbox.send(ToClient::Data(buf));
                 }
             }
             Event::Finished { id, closed } => {
                 let slots = self.slots.borrow();
                 if let Some(slot) = slots.get(&id) {
-                    let _ = slot.tx.send(ToClient::Fin);
+                    slot.mailbox.send(ToClient::Fin);
                 }
                 drop(slots);
                 if closed {
@@ -372,7 +420,7 @@ impl SessionCtx {
                 let reason = close_reason(code);
                 if let Some(slot) = self.slots.borrow_mut().remove(&id) {
                     slot.metrics.stream_closed(reason);
-                    let _ = slot.tx.send(ToClient::Reset(reason));
+                    slot.mailbox.send(ToClient::Reset(reason));
                 }
             }
             Event::Writable { id, .. } => {
@@ -550,12 +598,14 @@ impl SessionCtx {
                 self.out_notify.notified().await;
                 continue;
             }
-            let (result, returned) = writer.write_batch(std::mem::take(&mut batch)).await;
-            for (slice, was_pooled) in returned.into_iter().zip(pooled.drain(..)) {
+            let (result, mut returned) = writer.write_batch(std::mem::take(&mut batch)).await;
+            for (slice, was_pooled) in returned.drain(..).zip(pooled.drain(..)) {
                 if was_pooled {
                     self.shard.pool.give(slice.into_inner());
                 }
             }
+            // Keep the batch's allocation for the next round.
+            batch = returned;
             if result.is_err() {
                 self.end(Ending {
                     code: CloseCode::GOING_AWAY,
@@ -597,7 +647,7 @@ impl SessionCtx {
             for id in expired.drain(..) {
                 if let Some(slot) = self.slots.borrow_mut().remove(&id) {
                     slot.metrics.stream_closed(CloseReason::Idle);
-                    let _ = slot.tx.send(ToClient::Reset(CloseReason::Idle));
+                    slot.mailbox.send(ToClient::Reset(CloseReason::Idle));
                 }
             }
             let late: Vec<StreamId> = self
