@@ -432,8 +432,13 @@ impl SessionCtx {
         }
     }
 
-    /// Runs the session until it ends: reader, writer and timers.
-    pub(crate) async fn run(self: Rc<Self>, conn: Conn, decoder: ws::Decoder, leftover: Vec<u8>) {
+    /// Runs the session until it ends (reader, writer and timers); returns why.
+    pub(crate) async fn run(
+        self: Rc<Self>,
+        conn: Conn,
+        decoder: ws::Decoder,
+        leftover: Vec<u8>,
+    ) -> Ending {
         let (reader, writer) = (conn.clone(), conn);
         let writer_task = compio::runtime::spawn(self.clone().write_loop(writer));
         let timer_task = compio::runtime::spawn(self.clone().timer_loop());
@@ -442,6 +447,7 @@ impl SessionCtx {
         // The writer sends the close frame and stops; give it a moment, then stop timers.
         let _ = compio::time::timeout(Duration::from_secs(2), writer_task).await;
         drop(timer_task);
+        self.ended.get().unwrap_or(ending)
     }
 
     async fn read_loop(

@@ -70,10 +70,13 @@ pub(crate) async fn serve(shard: Rc<ShardCtx>, mut stream: TcpStream, peer: Sock
             shared.metrics.session_opened(&session.agent_id);
             tracing::info!(session = %session.id, agent = %session.agent_id, %peer,
                 accepted = ?session.accepted, "agent session established");
-            session.clone().run(conn, decoder, leftover).await;
+            let ending = session.clone().run(conn, decoder, leftover).await;
             shard.remove_session(&session);
-            shared.metrics.session_closed(&session.agent_id, 0);
-            tracing::info!(session = %session.id, agent = %session.agent_id, "agent session ended");
+            shared
+                .metrics
+                .session_closed(&session.agent_id, ending.code.0);
+            tracing::info!(session = %session.id, agent = %session.agent_id, code = ending.code.0,
+                reason = ending.reason, "agent session ended");
         }
         Ok(Err(refused)) => {
             shared.metrics.handshake_rejected(refused.reason);
