@@ -56,6 +56,7 @@ pub(crate) async fn run_hub(agent: Arc<Agent>, hub: usize) {
         Lanes::Auto => (1, true),
     };
     let known = Arc::new(AtomicU32::new(initial));
+    let placement = Arc::new(Placement::default());
     let spawn_lane = |lane: u32| {
         tokio::spawn(run_lane(
             Arc::clone(&agent),
@@ -63,6 +64,7 @@ pub(crate) async fn run_hub(agent: Arc<Agent>, hub: usize) {
             lane,
             Arc::clone(&known),
             auto.then(|| shards_tx.clone()),
+            Arc::clone(&placement),
         ));
     };
     for lane in 0..initial {
@@ -91,6 +93,48 @@ pub(crate) async fn run_hub(agent: Arc<Agent>, hub: usize) {
     }
 }
 
+/// How many times a lane reconnects at once to land on a hub shard no other lane holds.
+pub(crate) const PLACEMENT_TRIES: u32 = 8;
+
+/// Which hub shard each live lane of one hub landed on (WELCOME's `shard`).
+///
+/// The hub's kernel spreads connections over its shards by hash, so a few lanes often pile
+/// onto one shard. A lane that lands where another lane already is, while some shard has none,
+/// reconnects at once, a bounded number of times: then every shard serves its clients with a
+/// local session and no client has to be handed between shards.
+#[derive(Default)]
+pub(crate) struct Placement {
+    shards: std::sync::Mutex<BTreeMap<u32, u32>>,
+}
+
+impl Placement {
+    /// Whether `lane` should keep a session on `shard` of `shards`, given the other lanes.
+    /// Records the lane there when it should.
+    pub(crate) fn settle(&self, lane: u32, shard: u32, shards: u32, tries: u32) -> bool {
+        let mut placed = self.shards.lock().unwrap_or_else(|e| e.into_inner());
+        placed.remove(&lane);
+        let taken = placed.values().any(|&s| s == shard);
+        let mut covered: Vec<u32> = placed.values().copied().collect();
+        covered.sort_unstable();
+        covered.dedup();
+        // `shard` is among `covered` when taken: another shard is free if fewer are covered.
+        let room_elsewhere = (covered.len() as u32) < shards;
+        if taken && room_elsewhere && tries < PLACEMENT_TRIES {
+            return false;
+        }
+        placed.insert(lane, shard);
+        true
+    }
+
+    /// `lane` has no session any more.
+    pub(crate) fn leave(&self, lane: u32) {
+        self.shards
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&lane);
+    }
+}
+
 /// One lane: connect, run the session, and reconnect with backoff when it ends, until
 /// shutdown. After GOAWAY the replacement is opened at once while the old session drains.
 async fn run_lane(
@@ -99,7 +143,9 @@ async fn run_lane(
     lane: u32,
     known_lanes: Arc<AtomicU32>,
     shards: Option<mpsc::UnboundedSender<u32>>,
+    placement: Arc<Placement>,
 ) {
+    let mut placement_tries = 0;
     let url = &agent.hubs[hub];
     let mut shutdown = agent.shutdown.clone();
     let mut backoff = Backoff::new();
@@ -127,6 +173,14 @@ async fn run_lane(
         let failure = match connected {
             Ok(connected) => {
                 let welcome = &connected.welcome;
+                if !placement.settle(lane, welcome.shard, welcome.shards, placement_tries) {
+                    placement_tries += 1;
+                    tracing::debug!(hub = %url, lane, shard = welcome.shard,
+                        "another lane holds this hub shard: reconnecting to land elsewhere");
+                    drop(connected);
+                    continue;
+                }
+                placement_tries = 0;
                 tracing::info!(
                     hub = %url,
                     lane,
@@ -164,6 +218,7 @@ async fn run_lane(
                     _ = &mut task => false,
                     Ok(()) = goaway_rx => true,
                 };
+                placement.leave(lane);
                 if replaced {
                     backoff.reset();
                     continue;
@@ -201,5 +256,46 @@ async fn run_lane(
             () = shutdown_begun(&mut shutdown) => return,
             () = tokio::time::sleep(delay) => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_lane_on_a_free_shard_stays() {
+        let p = Placement::default();
+        assert!(p.settle(0, 1, 2, 0));
+        assert!(p.settle(1, 0, 2, 0));
+    }
+
+    #[test]
+    fn a_lane_on_a_taken_shard_retries_while_another_is_free() {
+        let p = Placement::default();
+        assert!(p.settle(0, 1, 2, 0));
+        assert!(!p.settle(1, 1, 2, 0));
+        assert!(!p.settle(1, 1, 2, PLACEMENT_TRIES - 1));
+        // The bound: after that many tries it stays where it is.
+        assert!(p.settle(1, 1, 2, PLACEMENT_TRIES));
+    }
+
+    #[test]
+    fn with_every_shard_covered_a_duplicate_stays() {
+        let p = Placement::default();
+        assert!(p.settle(0, 0, 2, 0));
+        assert!(p.settle(1, 1, 2, 0));
+        assert!(
+            p.settle(2, 1, 2, 0),
+            "both shards are covered: nothing to gain"
+        );
+    }
+
+    #[test]
+    fn a_lane_that_left_frees_its_shard() {
+        let p = Placement::default();
+        assert!(p.settle(0, 1, 2, 0));
+        p.leave(0);
+        assert!(p.settle(1, 1, 2, 0));
     }
 }
