@@ -120,6 +120,19 @@ pub(crate) struct SessionCtx {
     ended: Cell<Option<Ending>>,
     ended_notify: Notify,
     open_timeout_ms: u64,
+    /// When the agent's token expires (seconds since the epoch).
+    token_exp: u64,
+}
+
+/// GOAWAY goes out this long before the agent's token expires, so the agent reconnects with a
+/// fresh one while its streams finish.
+const TOKEN_GOAWAY_AHEAD_SECS: u64 = 60;
+
+fn now_unix() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 impl SessionCtx {
@@ -130,6 +143,7 @@ impl SessionCtx {
         peer: SocketAddr,
         accepted: Vec<ConnectorName>,
         core: Session,
+        token_exp: u64,
     ) -> Rc<SessionCtx> {
         let now = shard.now();
         let limits = &shard.shared.config.limits;
@@ -147,6 +161,7 @@ impl SessionCtx {
             out_notify: Notify::new(),
             ended: Cell::new(None),
             ended_notify: Notify::new(),
+            token_exp,
         })
     }
 
@@ -633,6 +648,20 @@ impl SessionCtx {
             .await;
             if self.ended.get().is_some() {
                 return;
+            }
+            // A session never outlives its token: GOAWAY ahead of expiry, close at expiry plus
+            // the validation leeway.
+            let unix = now_unix();
+            if unix >= self.token_exp.saturating_add(crate::auth::LEEWAY_SECS) {
+                tracing::info!(session = %self.id, agent = %self.agent_id, "agent token expired");
+                self.end(Ending {
+                    code: CloseCode::TOKEN_INVALID,
+                    reason: "token expired",
+                });
+                return;
+            }
+            if unix.saturating_add(TOKEN_GOAWAY_AHEAD_SECS) >= self.token_exp {
+                self.go_away("token_expiring");
             }
             let now = self.shard.now();
             match self.heartbeat.borrow_mut().poll(now) {

@@ -302,6 +302,7 @@ async fn establish(
         peer,
         accepted,
         core,
+        identity.exp,
     );
     session.send_text(&welcome.to_json());
     Ok((session, decoder, pending))
