@@ -1,11 +1,347 @@
 //! Load generator and scenario checks for NowConnect deployments.
 //!
-//! Only the protocol core exists so far; this binary says so instead of pretending to run.
+//! Subcommands:
+//!
+//! - `target echo|sink|source` runs a target server.
+//! - `throughput`, `latency` and `churn` drive clients against a target, directly or through a
+//!   hub listener.
+//! - `demo` starts a hub, an agent and a target on loopback, runs a short mixed load directly
+//!   and through the tunnel, and prints the comparison.
+//!
+//! Modules:
+//!
+//! - [`pattern`]: the deterministic byte pattern every scenario writes and checks.
+//! - [`stats`]: histograms, percentiles, pacing with coordinated-omission correction.
+//! - [`target`]: the echo, sink and source servers.
+//! - [`throughput`], [`latency`], [`churn`]: the scenarios.
+//! - [`creds`]: development credentials for the demo.
+//! - [`demo`]: the whole-deployment demonstration.
+//! - [`net`]: socket helpers.
 #![forbid(unsafe_code)]
 
-fn main() -> std::process::ExitCode {
-    eprintln!(
-        "nowconnect-loadgen: not implemented yet (only nowconnect-core exists in this release)"
-    );
-    std::process::ExitCode::FAILURE
+mod churn;
+mod creds;
+mod demo;
+mod latency;
+mod net;
+mod pattern;
+mod stats;
+mod target;
+mod throughput;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use serde::Serialize;
+
+use crate::target::TargetKind;
+use crate::throughput::Direction;
+
+/// Load generator and scenario checks for NowConnect.
+///
+/// Scenarios run against a target server, either directly or through a hub listener whose
+/// connector an agent serves from that target. Every byte sent is checked when it comes back.
+#[derive(Debug, Parser)]
+#[command(name = "nowconnect-loadgen", version, about, long_about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Run a target server until interrupted.
+    ///
+    /// echo: writes every byte back, and half-closes when the client does.
+    /// sink: reads and counts; when the client half-closes, replies with the count as an
+    /// 8-byte big-endian integer and closes.
+    /// source: writes the test pattern without end.
+    Target {
+        /// Which server.
+        #[arg(value_enum)]
+        kind: TargetKind,
+        /// Address to listen on; port 0 picks a free port, printed at start.
+        #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:0")]
+        listen: SocketAddr,
+    },
+    /// Bulk throughput over N concurrent connections.
+    ///
+    /// up runs against a sink target and counts the bytes the sink reports; down runs
+    /// against a source target and counts bytes read; both runs against an echo target and
+    /// counts bytes that made the round trip. Prints the total and per-stream bytes/s.
+    Throughput {
+        /// The target, or the hub listener in front of it.
+        #[arg(long, value_name = "HOST:PORT")]
+        addr: String,
+        /// Concurrent connections.
+        #[arg(long, value_name = "N", default_value_t = 1)]
+        streams: usize,
+        /// How long to send, in seconds (fractions allowed).
+        #[arg(long, value_name = "S", default_value = "10", value_parser = stats::parse_seconds)]
+        seconds: Duration,
+        /// Which way the bytes go.
+        #[arg(long, value_enum, default_value_t = Direction::Both)]
+        direction: Direction,
+        /// Also write the results to FILE as JSON.
+        #[arg(long, value_name = "FILE")]
+        json: Option<PathBuf>,
+    },
+    /// Request/response latency at a fixed rate against an echo target.
+    ///
+    /// Sends R requests per second in total over M kept-alive connections, one request
+    /// outstanding per connection. Latency is measured from each request's intended send time,
+    /// so a stall is charged to every request queued behind it (coordinated-omission
+    /// correction); the uncorrected service time is shown too.
+    Latency {
+        /// An echo target, or the hub listener in front of one.
+        #[arg(long, value_name = "HOST:PORT")]
+        addr: String,
+        /// Kept-alive connections.
+        #[arg(long, value_name = "M", default_value_t = 8)]
+        connections: usize,
+        /// Aggregate requests per second.
+        #[arg(long, value_name = "R", default_value_t = 1000.0)]
+        rate: f64,
+        /// How long to send, in seconds (fractions allowed).
+        #[arg(long, value_name = "S", default_value = "10", value_parser = stats::parse_seconds)]
+        seconds: Duration,
+        /// Bytes per request (and per response).
+        #[arg(long, value_name = "B", default_value_t = 64)]
+        size: usize,
+        /// Also write the results to FILE as JSON.
+        #[arg(long, value_name = "FILE")]
+        json: Option<PathBuf>,
+    },
+    /// Connection churn against an echo target: connect, exchange 32 bytes, close, repeat.
+    ///
+    /// Reports completed connections per second, open latency (connect start to the echo
+    /// back, which through a tunnel includes opening the stream), connect latency, and
+    /// failures by kind: refused, reset, timeout, short read, corrupt.
+    Churn {
+        /// An echo target, or the hub listener in front of one.
+        #[arg(long, value_name = "HOST:PORT")]
+        addr: String,
+        /// How long to run, in seconds (fractions allowed).
+        #[arg(long, value_name = "S", default_value = "10", value_parser = stats::parse_seconds)]
+        seconds: Duration,
+        /// Concurrent workers, each with one connection at a time.
+        #[arg(long, value_name = "C", default_value_t = 8)]
+        concurrency: usize,
+        /// Also write the results to FILE as JSON.
+        #[arg(long, value_name = "FILE")]
+        json: Option<PathBuf>,
+    },
+    /// Start a hub, an agent and an echo target on loopback, load them, print the results.
+    ///
+    /// Generates development credentials in a temporary directory, starts nowconnect-hub and
+    /// nowconnect-agent, waits for the agent to be ready, then runs throughput (1 and 8
+    /// streams), latency and churn both directly against the target and through the tunnel,
+    /// and prints a comparison and the hub's byte counters. Exits non-zero if any check fails;
+    /// the temporary directory, with both logs, is then kept.
+    Demo {
+        /// Directory holding nowconnect-hub and nowconnect-agent [default: this executable's
+        /// directory].
+        #[arg(long, value_name = "DIR")]
+        bin_dir: Option<PathBuf>,
+        /// Length of each load phase, in seconds (fractions allowed).
+        #[arg(long, value_name = "S", default_value = "3", value_parser = stats::parse_seconds)]
+        seconds: Duration,
+        /// Also write the results to FILE as JSON.
+        #[arg(long, value_name = "FILE")]
+        json: Option<PathBuf>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("nowconnect-loadgen: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli.command)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("nowconnect-loadgen: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cmd: Cmd) -> Result<ExitCode, String> {
+    match cmd {
+        Cmd::Target { kind, listen } => {
+            let listener = tokio::net::TcpListener::bind(listen)
+                .await
+                .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
+            let local = listener.local_addr().map_err(|e| e.to_string())?;
+            println!(
+                "{} target listening on {local}",
+                format!("{kind:?}").to_lowercase()
+            );
+            target::serve(listener, kind).await;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Throughput {
+            addr,
+            streams,
+            seconds,
+            direction,
+            json,
+        } => {
+            let r = throughput::run(throughput::Options {
+                addr: net::resolve(&addr).await?,
+                streams,
+                duration: seconds,
+                direction,
+            })
+            .await?;
+            print!("{}", r.report());
+            write_json(json.as_deref(), &r)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Latency {
+            addr,
+            connections,
+            rate,
+            seconds,
+            size,
+            json,
+        } => {
+            let r = latency::run(latency::Options {
+                addr: net::resolve(&addr).await?,
+                connections,
+                rate,
+                duration: seconds,
+                size,
+            })
+            .await?;
+            print!("{}", r.report());
+            write_json(json.as_deref(), &r)?;
+            Ok(if r.errors.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+        Cmd::Churn {
+            addr,
+            seconds,
+            concurrency,
+            json,
+        } => {
+            let r = churn::run(churn::Options {
+                addr: net::resolve(&addr).await?,
+                duration: seconds,
+                concurrency,
+            })
+            .await?;
+            print!("{}", r.report());
+            write_json(json.as_deref(), &r)?;
+            Ok(if r.completed > 0 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+        Cmd::Demo {
+            bin_dir,
+            seconds,
+            json,
+        } => {
+            let r = demo::run(demo::Options {
+                bin_dir,
+                phase: seconds,
+            })
+            .await?;
+            write_json(json.as_deref(), &r)?;
+            if r.failures.is_empty() {
+                println!("\ndemo passed");
+                Ok(ExitCode::SUCCESS)
+            } else {
+                println!("\ndemo FAILED:");
+                for f in &r.failures {
+                    println!("  - {f}");
+                }
+                Ok(ExitCode::FAILURE)
+            }
+        }
+    }
+}
+
+/// Writes `value` as pretty JSON to `path`, when given.
+fn write_json(path: Option<&Path>, value: &impl Serialize) -> Result<(), String> {
+    let Some(path) = path else { return Ok(()) };
+    let text = serde_json::to_string_pretty(value).map_err(|e| format!("encoding JSON: {e}"))?;
+    std::fs::write(path, text + "\n").map_err(|e| format!("writing {}: {e}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn parses_a_throughput_command() {
+        let cli = Cli::try_parse_from([
+            "nowconnect-loadgen",
+            "throughput",
+            "--addr",
+            "127.0.0.1:9",
+            "--streams",
+            "4",
+            "--seconds",
+            "2.5",
+            "--direction",
+            "up",
+        ])
+        .unwrap();
+        match cli.command {
+            Cmd::Throughput {
+                streams,
+                seconds,
+                direction,
+                ..
+            } => {
+                assert_eq!(streams, 4);
+                assert_eq!(seconds, Duration::from_millis(2500));
+                assert_eq!(direction, Direction::Up);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(
+            Cli::try_parse_from([
+                "nowconnect-loadgen",
+                "churn",
+                "--addr",
+                "x",
+                "--seconds",
+                "0"
+            ])
+            .is_err()
+        );
+    }
+
+    #[test]
+    fn json_results_are_written() {
+        let path = std::env::temp_dir().join(format!("loadgen-json-{}.json", std::process::id()));
+        write_json(Some(&path), &serde_json::json!({"a": 1})).unwrap();
+        let back: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        assert_eq!(back["a"], 1);
+        std::fs::remove_file(&path).unwrap();
+    }
 }
