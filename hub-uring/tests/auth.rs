@@ -76,7 +76,21 @@ fn bad_tokens_are_refused_with_401_and_counted() {
     parts[1] = URL_SAFE_NO_PAD.encode(claims("agent-2").to_string());
     let tampered = parts.join(".");
 
+    // HS256 "signed" with the published public key as the HMAC secret (key confusion).
+    let public_bytes = URL_SAFE_NO_PAD
+        .decode(key.jwk["x"].as_str().unwrap())
+        .unwrap();
+    let mut hs_header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
+    hs_header.kid = Some("k1".into());
+    let hs256 = jsonwebtoken::encode(
+        &hs_header,
+        &claims("agent-1"),
+        &jsonwebtoken::EncodingKey::from_secret(&public_bytes),
+    )
+    .unwrap();
+
     let cases = [
+        (hs256, "algorithm"),
         (key.sign(&expired), "expired"),
         (key.sign(&wrong_aud), "audience"),
         (key.sign(&wrong_iss), "issuer"),

@@ -51,17 +51,35 @@ pub(crate) fn server_config(tls: &TlsConfig) -> Result<Arc<ServerConfig>, String
 /// Bytes read from the socket at a time.
 const READ_CHUNK: usize = 64 * 1024;
 
-/// One agent connection. Cheap to clone: clones share the socket and the TLS state.
-#[derive(Clone)]
+/// One agent connection. Cheap to clone: clones share the socket and the TLS state; each
+/// clone keeps its own scratch buffers for ciphertext, reused from call to call.
 pub(crate) struct Conn {
     tcp: TcpStream,
     tls: Option<Rc<RefCell<rustls::ServerConnection>>>,
+    cipher_in: Vec<u8>,
+    cipher_out: Vec<u8>,
+}
+
+impl Clone for Conn {
+    fn clone(&self) -> Conn {
+        Conn {
+            tcp: self.tcp.clone(),
+            tls: self.tls.clone(),
+            cipher_in: Vec::new(),
+            cipher_out: Vec::new(),
+        }
+    }
 }
 
 impl Conn {
     /// A plain connection.
     pub(crate) fn plain(tcp: TcpStream) -> Conn {
-        Conn { tcp, tls: None }
+        Conn {
+            tcp,
+            tls: None,
+            cipher_in: Vec::new(),
+            cipher_out: Vec::new(),
+        }
     }
 
     /// A TLS connection; call [`Conn::handshake`] before anything else.
@@ -70,6 +88,8 @@ impl Conn {
         Ok(Conn {
             tcp,
             tls: Some(Rc::new(RefCell::new(state))),
+            cipher_in: Vec::new(),
+            cipher_out: Vec::new(),
         })
     }
 
@@ -110,23 +130,25 @@ impl Conn {
     }
 
     /// Sends whatever TLS records are waiting (handshake messages, alerts, sealed data).
-    async fn flush_tls(&self) -> io::Result<()> {
-        let Some(tls) = &self.tls else {
+    async fn flush_tls(&mut self) -> io::Result<()> {
+        let Some(tls) = self.tls.clone() else {
             return Ok(());
         };
-        let mut out = Vec::new();
+        let mut out = std::mem::take(&mut self.cipher_out);
+        out.clear();
         {
             let mut tls = tls.borrow_mut();
             while tls.wants_write() {
                 tls.write_tls(&mut out)?;
             }
         }
-        if !out.is_empty() {
-            let mut tcp = self.tcp.clone();
-            let BufResult(result, _) = tcp.write_all(out).await;
-            result?;
+        if out.is_empty() {
+            self.cipher_out = out;
+            return Ok(());
         }
-        Ok(())
+        let BufResult(result, out) = self.tcp.write_all(out).await;
+        self.cipher_out = out;
+        result
     }
 
     /// Reads and returns the next plaintext bytes into `buf` (replacing its contents); an
@@ -154,14 +176,23 @@ impl Conn {
             if !buf.is_empty() {
                 return (Ok(()), buf);
             }
-            let cipher = Vec::with_capacity(READ_CHUNK);
+            let mut cipher = std::mem::take(&mut self.cipher_in);
+            cipher.clear();
+            cipher.reserve(READ_CHUNK);
             let BufResult(result, cipher) = self.tcp.read(cipher).await;
-            match result {
-                Ok(0) => return (Ok(()), buf),
-                Ok(_) => {}
-                Err(e) => return (Err(e), buf),
-            }
-            if let Err(e) = self.absorb(&cipher) {
+            let absorbed = match result {
+                Ok(0) => {
+                    self.cipher_in = cipher;
+                    return (Ok(()), buf);
+                }
+                Ok(_) => self.absorb(&cipher),
+                Err(e) => {
+                    self.cipher_in = cipher;
+                    return (Err(e), buf);
+                }
+            };
+            self.cipher_in = cipher;
+            if let Err(e) = absorbed {
                 let _ = self.flush_tls().await;
                 return (Err(e), buf);
             }
@@ -173,7 +204,7 @@ impl Conn {
 
     /// Writes `plain` in order. On TLS it is sealed first (one copy, inherent to TLS).
     pub(crate) async fn write_all(&mut self, plain: Vec<u8>) -> (io::Result<()>, Vec<u8>) {
-        match &self.tls {
+        match self.tls.clone() {
             None => {
                 let BufResult(result, buf) = self.tcp.write_all(plain).await;
                 (result, buf)
@@ -193,7 +224,7 @@ impl Conn {
         &mut self,
         bufs: Vec<compio::buf::Slice<Vec<u8>>>,
     ) -> (io::Result<()>, Vec<compio::buf::Slice<Vec<u8>>>) {
-        match &self.tls {
+        match self.tls.clone() {
             None => {
                 let BufResult(result, bufs) = self.tcp.write_vectored_all(bufs).await;
                 (result, bufs)
@@ -214,7 +245,7 @@ impl Conn {
 
     /// Ends our direction: TLS close_notify, then a TCP half-close.
     pub(crate) async fn shutdown(&mut self) {
-        if let Some(tls) = &self.tls {
+        if let Some(tls) = self.tls.clone() {
             tls.borrow_mut().send_close_notify();
             let _ = self.flush_tls().await;
         }
