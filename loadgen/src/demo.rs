@@ -108,8 +108,9 @@ pub(crate) struct DemoResult {
     pub(crate) tunnel: PhaseSet,
     /// The summary table.
     pub(crate) summary: Vec<Row>,
-    /// The hub's `nowconnect_bytes_total` samples after the load.
-    pub(crate) hub_bytes_total: Vec<String>,
+    /// The hub's `nowconnect_bytes_total`, `nowconnect_shard_driver` and non-zero
+    /// `nowconnect_cross_shard_messages_total` samples after the load.
+    pub(crate) hub_metrics: Vec<String>,
     /// Checks that failed; empty when the demo passed.
     pub(crate) failures: Vec<String>,
 }
@@ -483,12 +484,18 @@ async fn run_in(
     println!("\n{}", format_table(&summary));
 
     // The hub's own byte counters.
-    let hub_bytes_total = match net::http_get(addrs.admin, "/metrics").await {
+    let hub_metrics = match net::http_get(addrs.admin, "/metrics").await {
         Ok((200, body)) => {
             // The whole scrape stays next to the logs, for when the demo fails.
             let _ = std::fs::write(dir.join("hub-metrics.txt"), &body);
+            // Bytes per direction, plus where the hub ran and how many clients crossed shards.
             body.lines()
-                .filter(|l| l.starts_with("nowconnect_bytes_total"))
+                .filter(|l| {
+                    l.starts_with("nowconnect_bytes_total")
+                        || l.starts_with("nowconnect_shard_driver{")
+                        || (l.starts_with("nowconnect_cross_shard_messages_total{")
+                            && !l.ends_with(" 0"))
+                })
                 .map(str::to_string)
                 .collect()
         }
@@ -502,11 +509,12 @@ async fn run_in(
         }
     };
     println!("hub /metrics:");
-    for l in &hub_bytes_total {
+    for l in &hub_metrics {
         println!("  {l}");
     }
-    let counted: f64 = hub_bytes_total
+    let counted: f64 = hub_metrics
         .iter()
+        .filter(|l| l.starts_with("nowconnect_bytes_total"))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum();
     if counted <= 0.0 {
@@ -535,7 +543,7 @@ async fn run_in(
         direct,
         tunnel,
         summary,
-        hub_bytes_total,
+        hub_metrics,
         failures,
     })
 }
