@@ -51,6 +51,8 @@ pub(crate) async fn serve(shard: Rc<ShardCtx>, mut stream: TcpStream, peer: Sock
         let _ = stream.write_all(reply).await;
         return;
     }
+    // Control frames (WINDOW, pings) are small and latency-bound: never hold them back.
+    let _ = stream.set_nodelay(true);
     let mut conn = match &shared.tls {
         Some(config) => match Conn::tls(stream, config.clone()) {
             Ok(conn) => conn,
