@@ -28,8 +28,8 @@ fn client_config(cert: &CertificateDer<'static>) -> Arc<rustls::ClientConfig> {
     )
 }
 
-#[test]
-fn an_agent_session_over_tls() {
+/// A hub whose tunnel terminates TLS with a fresh self-signed certificate for `localhost`.
+fn tls_hub(limits: &str) -> (Hub, SigningKey, rcgen::CertifiedKey<rcgen::KeyPair>) {
     let dir = TempDir::new("tls");
     let key = SigningKey::generate("k1");
     let jwks = dir.path("jwks.json");
@@ -38,7 +38,7 @@ fn an_agent_session_over_tls() {
     let (cert_file, key_file) = (dir.path("tls.crt"), dir.path("tls.key"));
     std::fs::write(&cert_file, cert.cert.pem()).unwrap();
     std::fs::write(&key_file, cert.signing_key.serialize_pem()).unwrap();
-    let yaml = hub_yaml(&jwks, &["svc"], "").replace(
+    let yaml = hub_yaml(&jwks, &["svc"], limits).replace(
         "tunnel: { listen: \"127.0.0.1:0\" }",
         &format!(
             "tunnel: {{ listen: \"127.0.0.1:0\", tls: {{ cert_file: \"{}\", key_file: \"{}\" }} }}",
@@ -46,7 +46,12 @@ fn an_agent_session_over_tls() {
             key_file.display()
         ),
     );
-    let hub = Hub::start(dir, &yaml);
+    (Hub::start(dir, &yaml), key, cert)
+}
+
+#[test]
+fn an_agent_session_over_tls() {
+    let (hub, key, cert) = tls_hub("");
 
     let tcp = TcpStream::connect(hub.addrs.tunnel).unwrap();
     tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
@@ -145,23 +150,7 @@ fn an_agent_session_over_tls() {
 
 #[test]
 fn a_plain_client_on_a_tls_tunnel_gets_nothing() {
-    let dir = TempDir::new("tls");
-    let key = SigningKey::generate("k1");
-    let jwks = dir.path("jwks.json");
-    write_jwks(&jwks, &[&key]);
-    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
-    let (cert_file, key_file) = (dir.path("tls.crt"), dir.path("tls.key"));
-    std::fs::write(&cert_file, cert.cert.pem()).unwrap();
-    std::fs::write(&key_file, cert.signing_key.serialize_pem()).unwrap();
-    let yaml = hub_yaml(&jwks, &["svc"], "handshake_timeout_ms: 1000").replace(
-        "tunnel: { listen: \"127.0.0.1:0\" }",
-        &format!(
-            "tunnel: {{ listen: \"127.0.0.1:0\", tls: {{ cert_file: \"{}\", key_file: \"{}\" }} }}",
-            cert_file.display(),
-            key_file.display()
-        ),
-    );
-    let hub = Hub::start(dir, &yaml);
+    let (hub, _, _) = tls_hub("handshake_timeout_ms: 1000");
     let mut plain = TcpStream::connect(hub.addrs.tunnel).unwrap();
     plain
         .set_read_timeout(Some(Duration::from_secs(10)))
