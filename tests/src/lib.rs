@@ -1038,3 +1038,66 @@ impl Rig {
         self.hub.listener(connector)
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// A hub with its identity provider, for tests that start their agents themselves
+
+/// A hub, the key its JWKS trusts and a token file for [`AGENT_ID`]; agents are started by
+/// the test (with [`Site::agent`]) and must be dropped before the site.
+pub struct Site {
+    pub hub: Hub,
+    pub key: SigningKey,
+    pub token_file: PathBuf,
+    pub dir: TempDir,
+}
+
+impl Site {
+    /// A one-shard hub with a listener per connector.
+    pub fn start(tag: &str, connectors: &[&str]) -> Site {
+        Site::start_with(tag, connectors, |_, _| {})
+    }
+
+    /// [`Site::start`] with the hub's configuration adjusted by `edit` (given the scratch
+    /// directory, for files such as certificates).
+    pub fn start_with(
+        tag: &str,
+        connectors: &[&str],
+        edit: impl FnOnce(&mut HubConfig, &TempDir),
+    ) -> Site {
+        let dir = TempDir::new(tag);
+        let key = SigningKey::generate("k1");
+        let jwks = dir.join("jwks.json");
+        write_jwks(&jwks, &[&key]);
+        let token_file = dir.join("token");
+        write_atomically(&token_file, key.token(AGENT_ID, "jti-1").as_bytes());
+        let mut config = HubConfig::new("hub-a", &jwks, connectors);
+        edit(&mut config, &dir);
+        let hub = Hub::start(dir.path(), &config);
+        Site {
+            hub,
+            key,
+            token_file,
+            dir,
+        }
+    }
+
+    /// Starts an agent with one lane to `hub_url` serving `targets`, with `env` added.
+    pub fn agent(
+        &self,
+        hub_url: &str,
+        targets: &[(&str, SocketAddr)],
+        env: &[(&str, &str)],
+    ) -> Agent {
+        Agent::start_with_env(
+            &AgentConfig {
+                agent_id: AGENT_ID.to_owned(),
+                hub_urls: vec![hub_url.to_owned()],
+                token_file: self.token_file.clone(),
+                connectors: targets.iter().map(|(n, a)| ((*n).to_owned(), *a)).collect(),
+                lanes: Some(1),
+                health: free_addr(),
+            },
+            env,
+        )
+    }
+}
