@@ -57,7 +57,7 @@ fn the_agent_trusts_a_private_ca_from_nc_ca_file() {
     );
     site.hub.wait_sessions(AGENT_ID, 1);
     agent.wait_ready();
-    // Kept small: the hub's TLS reader (hub-uring/src/shard/transport.rs, `absorb`) feeds a
+    // Kept small: the hub's TLS reader apparently (hub-uring/src/shard/transport.rs, `absorb`) feeds a
     // whole 64 KiB read of ciphertext to rustls without draining plaintext in between, so a
     // bulk upload from the agent overruns rustls' received-plaintext limit and the hub drops
     // the session ("agent connection failed"). Bulk TLS transfers belong in a test once
