@@ -1,7 +1,6 @@
-//! Opening a session: TCP (and TLS for `wss://`) to the hub, the WebSocket upgrade with the
-//! bearer token, HELLO, and the hub's WELCOME.
+//! Opening a session: TCP to the hub (directly or through an HTTP CONNECT proxy), TLS for
+//! `wss://`, the WebSocket upgrade with the bearer token, HELLO, and the hub's WELCOME.
 
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,7 +12,8 @@ use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::token::{TokenError, read_token};
+use crate::proxy::{self, ProxyUrl};
+use crate::token::TokenError;
 use crate::wire;
 
 /// The longest a connect may take, from DNS to WELCOME.
@@ -58,6 +58,26 @@ pub(crate) enum ConnectError {
     /// The TLS handshake failed.
     #[error("TLS handshake failed: {0}")]
     Tls(std::io::Error),
+    /// The proxy could not be reached, or broke HTTP while setting up the tunnel.
+    #[error("proxy {proxy}: {why}")]
+    Proxy {
+        /// The proxy, without credentials.
+        proxy: String,
+        /// What went wrong.
+        why: String,
+    },
+    /// The proxy answered CONNECT with something other than success.
+    #[error("proxy {proxy} refused CONNECT {target}: {status_line}")]
+    ProxyRefused {
+        /// The proxy, without credentials.
+        proxy: String,
+        /// The hub's `host:port`.
+        target: String,
+        /// The reply's status code.
+        status: u16,
+        /// The reply's status line, printable ASCII only.
+        status_line: String,
+    },
     /// Reading or writing the connection failed.
     #[error("connection failed: {0}")]
     Io(#[from] std::io::Error),
@@ -132,22 +152,32 @@ pub(crate) struct Target<'a> {
     pub(crate) url: &'a WsUrl,
     /// The TLS configuration, used for `wss://` URLs.
     pub(crate) tls: Option<&'a Arc<rustls::ClientConfig>>,
-    /// The file holding the bearer token.
-    pub(crate) token_file: &'a Path,
+    /// The HTTP proxy to tunnel through, if any.
+    pub(crate) proxy: Option<&'a ProxyUrl>,
 }
 
-/// Opens a session to `target`, sends `hello` and returns once WELCOME arrived, within
-/// [`CONNECT_TIMEOUT`].
-pub(crate) async fn connect(target: &Target<'_>, hello: &Hello) -> Result<Connected, ConnectError> {
-    tokio::time::timeout(CONNECT_TIMEOUT, connect_inner(target, hello))
+/// Opens a session to `target` with `token`, sends `hello` and returns once WELCOME arrived,
+/// within [`CONNECT_TIMEOUT`].
+pub(crate) async fn connect(
+    target: &Target<'_>,
+    token: &str,
+    hello: &Hello,
+) -> Result<Connected, ConnectError> {
+    tokio::time::timeout(CONNECT_TIMEOUT, connect_inner(target, token, hello))
         .await
         .unwrap_or(Err(ConnectError::Timeout))
 }
 
-async fn connect_inner(target: &Target<'_>, hello: &Hello) -> Result<Connected, ConnectError> {
+async fn connect_inner(
+    target: &Target<'_>,
+    token: &str,
+    hello: &Hello,
+) -> Result<Connected, ConnectError> {
     let url = target.url;
-    let token = read_token(target.token_file).await?;
-    let tcp = dial_hub(url.host(), url.port()).await?;
+    let tcp = match target.proxy {
+        Some(proxy) => dial_via_proxy(proxy, url.host(), url.port()).await?,
+        None => dial_hub(url.host(), url.port()).await?,
+    };
     let mut io: Box<dyn Io> = if url.is_tls() {
         let config = target
             .tls
@@ -289,6 +319,91 @@ async fn dial_hub(host: &str, port: u16) -> Result<TcpStream, ConnectError> {
     }))
 }
 
+/// Connects to `proxy` and asks it for a tunnel to `host:port` with `CONNECT`; returns the
+/// connection once the proxy said yes, positioned at the tunnel's first byte.
+async fn dial_via_proxy(
+    proxy: &ProxyUrl,
+    host: &str,
+    port: u16,
+) -> Result<TcpStream, ConnectError> {
+    let fail = |why: String| ConnectError::Proxy {
+        proxy: proxy.to_string(),
+        why,
+    };
+    let mut tcp = dial_hub(proxy.host(), proxy.port())
+        .await
+        .map_err(|e| fail(e.to_string()))?;
+    let target = proxy::authority(host, port);
+    let mut request = format!(
+        "CONNECT {target} HTTP/1.1\r\nHost: {target}\r\nUser-Agent: {}\r\n",
+        crate::SOFTWARE
+    );
+    if let Some(authorization) = proxy.authorization() {
+        request.push_str("Proxy-Authorization: ");
+        request.push_str(authorization);
+        request.push_str("\r\n");
+    }
+    request.push_str("\r\n");
+    tcp.write_all(request.as_bytes())
+        .await
+        .map_err(|e| fail(format!("sending CONNECT failed: {e}")))?;
+    drop(request);
+
+    // Read the reply's header block byte by byte: a proxy that said yes is silent until the
+    // agent speaks, and nothing past the header block may be taken from the tunnel.
+    let mut head = Vec::with_capacity(256);
+    while !head.ends_with(b"\r\n\r\n") {
+        if head.len() >= proxy::MAX_REPLY {
+            return Err(fail(format!(
+                "CONNECT reply header is longer than {} bytes",
+                proxy::MAX_REPLY
+            )));
+        }
+        let byte = tcp
+            .read_u8()
+            .await
+            .map_err(|e| fail(format!("reading the CONNECT reply failed: {e}")))?;
+        head.push(byte);
+    }
+    let line_end = head.iter().position(|&b| b == b'\r').unwrap_or(head.len());
+    let status_line: String = head[..line_end]
+        .iter()
+        .take(200)
+        .map(|&b| {
+            if b.is_ascii_graphic() || b == b' ' {
+                b as char
+            } else {
+                '?'
+            }
+        })
+        .collect();
+    let status = parse_status(&status_line)
+        .ok_or_else(|| fail(format!("bad CONNECT reply status line `{status_line}`")))?;
+    if !(200..300).contains(&status) {
+        return Err(ConnectError::ProxyRefused {
+            proxy: proxy.to_string(),
+            target,
+            status,
+            status_line,
+        });
+    }
+    Ok(tcp)
+}
+
+/// The status code of an `HTTP/1.x NNN reason` line.
+fn parse_status(line: &str) -> Option<u16> {
+    let mut parts = line.splitn(3, ' ');
+    let version = parts.next()?;
+    if !version.starts_with("HTTP/1.") {
+        return None;
+    }
+    let code = parts.next()?;
+    if code.len() != 3 {
+        return None;
+    }
+    code.parse().ok()
+}
+
 /// The `Host` header for `url`: the host, bracketed if IPv6, with the port unless it is the
 /// scheme's default.
 pub(crate) fn host_header(url: &WsUrl) -> String {
@@ -323,6 +438,99 @@ mod tests {
         );
         assert_eq!(host_header(&url("ws://127.0.0.1:9000/t")), "127.0.0.1:9000");
         assert_eq!(host_header(&url("ws://[::1]:9000/t")), "[::1]:9000");
+    }
+
+    #[test]
+    fn proxy_status_lines_parse() {
+        assert_eq!(
+            parse_status("HTTP/1.1 200 Connection established"),
+            Some(200)
+        );
+        assert_eq!(
+            parse_status("HTTP/1.0 407 Proxy Authentication Required"),
+            Some(407)
+        );
+        assert_eq!(parse_status("HTTP/1.1 200"), Some(200));
+        assert_eq!(parse_status("HTTP/2 200 OK"), None);
+        assert_eq!(parse_status("SSH-2.0-OpenSSH"), None);
+        assert_eq!(parse_status("HTTP/1.1 20 short"), None);
+    }
+
+    /// A one-shot proxy on loopback: reads a request head, answers `reply`, hands back what
+    /// it read.
+    async fn fake_proxy(reply: &'static str) -> (u16, tokio::task::JoinHandle<String>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let task = tokio::spawn(async move {
+            let (mut conn, _) = listener.accept().await.unwrap();
+            let mut head = Vec::new();
+            while !head.ends_with(b"\r\n\r\n") {
+                head.push(conn.read_u8().await.unwrap());
+            }
+            conn.write_all(reply.as_bytes()).await.unwrap();
+            conn.write_all(b"tunnel bytes").await.unwrap();
+            String::from_utf8(head).unwrap()
+        });
+        (port, task)
+    }
+
+    #[tokio::test]
+    async fn connect_through_a_proxy_with_credentials() {
+        let (port, request) = fake_proxy("HTTP/1.1 200 Connection established\r\n\r\n").await;
+        let env = |name: &str| {
+            (name == "HTTP_PROXY").then(|| format!("http://user:pass@127.0.0.1:{port}"))
+        };
+        let proxies = crate::proxy::Proxies::from_env(env).unwrap();
+        let hub = url("ws://hub.example:9000/t");
+        let proxy = proxies.for_url(&hub).unwrap();
+        let mut tcp = dial_via_proxy(proxy, hub.host(), hub.port()).await.unwrap();
+        let request = request.await.unwrap();
+        assert!(
+            request.starts_with("CONNECT hub.example:9000 HTTP/1.1\r\nHost: hub.example:9000\r\n"),
+            "{request}"
+        );
+        assert!(
+            request.contains("\r\nProxy-Authorization: Basic dXNlcjpwYXNz\r\n"),
+            "{request}"
+        );
+        // The stream starts exactly at the tunnel's bytes.
+        let mut rest = Vec::new();
+        tcp.read_to_end(&mut rest).await.unwrap();
+        assert_eq!(rest, b"tunnel bytes");
+    }
+
+    #[tokio::test]
+    async fn a_refusing_proxy_is_an_error_with_its_status_line() {
+        let (port, request) = fake_proxy(
+            "HTTP/1.0 407 Proxy Authentication Required\r\nProxy-Authenticate: Basic\r\n\r\n",
+        )
+        .await;
+        let env = |name: &str| {
+            (name == "HTTPS_PROXY").then(|| format!("http://user:s3cret@127.0.0.1:{port}"))
+        };
+        let proxies = crate::proxy::Proxies::from_env(env).unwrap();
+        let hub = url("wss://[fd00::1]:8443/t");
+        let err = dial_via_proxy(proxies.for_url(&hub).unwrap(), hub.host(), hub.port())
+            .await
+            .unwrap_err();
+        assert!(
+            request
+                .await
+                .unwrap()
+                .starts_with("CONNECT [fd00::1]:8443 HTTP/1.1\r\n")
+        );
+        assert!(
+            matches!(err, ConnectError::ProxyRefused { status: 407, .. }),
+            "{err}"
+        );
+        let text = err.to_string();
+        assert_eq!(
+            text,
+            format!(
+                "proxy http://127.0.0.1:{port} refused CONNECT [fd00::1]:8443: HTTP/1.0 407 Proxy Authentication Required"
+            )
+        );
+        assert!(!text.contains("s3cret"));
     }
 
     #[test]

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use nowconnect_core::config::{Lanes, TargetAddr, WsUrl};
 use nowconnect_core::control::{self, Hello, PROTOCOL_VERSION};
@@ -15,7 +15,9 @@ use tokio::sync::{mpsc, oneshot, watch};
 use crate::backoff::{self, Backoff, HEALTHY_AFTER};
 use crate::connect::{self, ConnectError, Target};
 use crate::health::Readiness;
+use crate::proxy::Proxies;
 use crate::session::{self, SessionParams};
+use crate::token::{self, read_token};
 
 /// What every lane of every hub shares.
 pub(crate) struct Agent {
@@ -25,6 +27,10 @@ pub(crate) struct Agent {
     pub(crate) agent_id: String,
     /// Where the token is read from on every connect.
     pub(crate) token_file: PathBuf,
+    /// The token file's contents as last polled; a change replaces every session.
+    pub(crate) token: watch::Receiver<Option<Arc<str>>>,
+    /// The HTTP proxies to reach hubs through (none without `trust_env`).
+    pub(crate) proxies: Proxies,
     /// Connector name → target.
     pub(crate) connectors: Arc<BTreeMap<ConnectorName, TargetAddr>>,
     /// Sessions per hub.
@@ -135,8 +141,31 @@ impl Placement {
     }
 }
 
+/// A lane's current session: its task and the channels between the two.
+struct Current {
+    /// The session's task.
+    task: tokio::task::JoinHandle<()>,
+    /// Fires when the hub sent GOAWAY.
+    goaway: oneshot::Receiver<()>,
+    /// Tells the session to drain.
+    drain: oneshot::Sender<()>,
+}
+
+/// How a session's time as the lane's current session ended.
+enum Handover {
+    /// The session ended.
+    Ended,
+    /// The hub sent GOAWAY: the session drains on its own.
+    GoAway,
+    /// The token file holds a new token: the session drains once this sender fires, which the
+    /// lane does when a session with the new token is up.
+    Rotate(oneshot::Sender<()>),
+}
+
 /// One lane: connect, run the session, and reconnect with backoff when it ends, until
-/// shutdown. After GOAWAY the replacement is opened at once while the old session drains.
+/// shutdown. After GOAWAY the replacement is opened at once while the old session drains; when
+/// the token file changes, a replacement is opened with the new token and the old session
+/// drains once it is up.
 async fn run_lane(
     agent: Arc<Agent>,
     hub: usize,
@@ -148,12 +177,15 @@ async fn run_lane(
     let mut placement_tries = 0;
     let url = &agent.hubs[hub];
     let mut shutdown = agent.shutdown.clone();
+    let mut token_rx = agent.token.clone();
     let mut backoff = Backoff::new();
     let target = Target {
         url,
         tls: agent.tls.as_ref(),
-        token_file: &agent.token_file,
+        proxy: agent.proxies.for_url(url),
     };
+    // The session a rotation replaces, until its replacement is up.
+    let mut replaced: Option<oneshot::Sender<()>> = None;
     loop {
         if *shutdown.borrow() {
             return;
@@ -166,12 +198,19 @@ async fn run_lane(
             lanes: known_lanes.load(Ordering::Relaxed).max(lane + 1),
             software: crate::SOFTWARE.to_owned(),
         };
+        // Whatever the watcher has seen so far is older than (or equal to) what is read now.
+        token_rx.borrow_and_update();
+        let attempt = async {
+            let token = read_token(&agent.token_file).await?;
+            let connected = connect::connect(&target, &token, &hello).await?;
+            Ok::<_, ConnectError>((connected, token))
+        };
         let connected = tokio::select! {
             () = shutdown_begun(&mut shutdown) => return,
-            connected = connect::connect(&target, &hello) => connected,
+            connected = attempt => connected,
         };
         let failure = match connected {
-            Ok(connected) => {
+            Ok((connected, token)) => {
                 let welcome = &connected.welcome;
                 if !placement.settle(lane, welcome.shard, welcome.shards, placement_tries) {
                     placement_tries += 1;
@@ -181,6 +220,8 @@ async fn run_lane(
                     continue;
                 }
                 placement_tries = 0;
+                // The hub's view of the token's expiry, else the token's own claim.
+                let token_exp = welcome.token_exp.or_else(|| token::expiry(&token));
                 tracing::info!(
                     hub = %url,
                     lane,
@@ -188,6 +229,7 @@ async fn run_lane(
                     replica = %welcome.replica_id,
                     shard = welcome.shard,
                     shards = welcome.shards,
+                    token_exp,
                     connectors = %session::describe_welcome(welcome),
                     "session established"
                 );
@@ -197,8 +239,12 @@ async fn run_lane(
                 if let Some(shards) = &shards {
                     let _ = shards.send(welcome.shards);
                 }
+                if let Some(old) = replaced.take() {
+                    let _ = old.send(());
+                }
                 let started = Instant::now();
                 let (goaway_tx, goaway_rx) = oneshot::channel();
+                let (drain_tx, drain_rx) = oneshot::channel();
                 let params = SessionParams {
                     hub: url.to_string(),
                     lane,
@@ -206,22 +252,42 @@ async fn run_lane(
                     dial_timeout: agent.dial_timeout,
                     shutdown: agent.shutdown.clone(),
                     goaway: goaway_tx,
+                    drain: drain_rx,
                     ready: agent.readiness.session_up(hub),
                 };
                 let alive = agent.alive.clone();
-                let mut task = tokio::spawn(async move {
+                let task = tokio::spawn(async move {
                     session::run(connected, params).await;
                     drop(alive);
                 });
-                let replaced = tokio::select! {
-                    biased;
-                    _ = &mut task => false,
-                    Ok(()) = goaway_rx => true,
+                let expires = token_exp.map(unix_time);
+                let current = Current {
+                    task,
+                    goaway: goaway_rx,
+                    drain: drain_tx,
                 };
+                let handover =
+                    watch_session(&agent, current, &mut token_rx, &token, expires, (url, lane))
+                        .await;
                 placement.leave(lane);
-                if replaced {
-                    backoff.reset();
-                    continue;
+                match handover {
+                    Handover::GoAway => {
+                        backoff.reset();
+                        wait_for_fresh_token(&agent, &mut token_rx, &token, expires, (url, lane))
+                            .await;
+                        continue;
+                    }
+                    Handover::Rotate(drain) => {
+                        tracing::info!(hub = %url, lane, "token file changed: opening a session with the new token");
+                        // A rotation that supersedes an earlier one still waiting for its
+                        // replacement: that older session drains now.
+                        if let Some(older) = replaced.replace(drain) {
+                            let _ = older.send(());
+                        }
+                        backoff.reset();
+                        continue;
+                    }
+                    Handover::Ended => {}
                 }
                 if started.elapsed() >= HEALTHY_AFTER {
                     backoff.reset();
@@ -247,6 +313,21 @@ async fn run_lane(
                 retry_in_ms,
                 "hub refused the session"
             ),
+            Some(ConnectError::ProxyRefused {
+                proxy,
+                target,
+                status,
+                status_line,
+            }) => tracing::error!(
+                hub = %url,
+                lane,
+                proxy = %proxy,
+                target = %target,
+                status,
+                status_line = %status_line,
+                retry_in_ms,
+                "proxy refused the CONNECT tunnel to the hub"
+            ),
             Some(err) => {
                 tracing::warn!(hub = %url, lane, error = %err, retry_in_ms, "connect failed")
             }
@@ -255,6 +336,126 @@ async fn run_lane(
         tokio::select! {
             () = shutdown_begun(&mut shutdown) => return,
             () = tokio::time::sleep(delay) => {}
+        }
+    }
+}
+
+/// After GOAWAY: when the token file still holds the session's `token` and it expires
+/// within [`token::RENEW_AHEAD`], a replacement with it would be sent away at once (the hub
+/// sends GOAWAY that far ahead of `exp`). Waits until the file holds another token, the token
+/// has expired (then connecting fails visibly and backs off), or shutdown.
+async fn wait_for_fresh_token(
+    agent: &Agent,
+    token_rx: &mut watch::Receiver<Option<Arc<str>>>,
+    token: &str,
+    expires: Option<SystemTime>,
+    (url, lane): (&WsUrl, u32),
+) {
+    let Some(expires) = expires else { return };
+    if !until_renewal(expires).is_zero() {
+        return;
+    }
+    match read_token(&agent.token_file).await {
+        Ok(current) if current == token => {}
+        _ => return,
+    }
+    let left = expires
+        .duration_since(SystemTime::now())
+        .unwrap_or(Duration::ZERO);
+    tracing::warn!(hub = %url, lane, expires_in_s = left.as_secs(),
+        "GOAWAY for an expiring token and the token file holds no newer one: waiting for a renewed token");
+    let mut shutdown = agent.shutdown.clone();
+    let fresh = async {
+        loop {
+            if token_rx.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+            if token_rx
+                .borrow_and_update()
+                .as_deref()
+                .is_some_and(|fresh| fresh != token)
+            {
+                return;
+            }
+        }
+    };
+    tokio::select! {
+        () = shutdown_begun(&mut shutdown) => {}
+        () = fresh => {}
+        () = tokio::time::sleep(left) => {}
+    }
+}
+
+/// Seconds since the Unix epoch as a wall-clock time.
+fn unix_time(secs: u64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_secs(secs)
+}
+
+/// How long until `expires` is within [`token::RENEW_AHEAD`]; zero if it already is.
+fn until_renewal(expires: SystemTime) -> Duration {
+    let renew_at = expires
+        .checked_sub(token::RENEW_AHEAD)
+        .unwrap_or(UNIX_EPOCH);
+    renew_at
+        .duration_since(SystemTime::now())
+        .unwrap_or(Duration::ZERO)
+}
+
+/// Waits while `task` is the lane's current session: until it ends, the hub sends GOAWAY, or
+/// a token other than `token` turns up in the token file (published by the watcher, or read
+/// when the session's token is about to expire).
+async fn watch_session(
+    agent: &Agent,
+    current: Current,
+    token_rx: &mut watch::Receiver<Option<Arc<str>>>,
+    token: &str,
+    expires: Option<SystemTime>,
+    (url, lane): (&WsUrl, u32),
+) -> Handover {
+    let Current {
+        mut task,
+        mut goaway,
+        drain,
+    } = current;
+    let mut goaway_open = true;
+    let mut watching = true;
+    let mut renewal_due = expires.is_some();
+    let renewal = tokio::time::sleep(expires.map_or(Duration::ZERO, until_renewal));
+    tokio::pin!(renewal);
+    loop {
+        tokio::select! {
+            biased;
+            _ = &mut task => return Handover::Ended,
+            said = &mut goaway, if goaway_open => {
+                goaway_open = false;
+                if said.is_ok() {
+                    return Handover::GoAway;
+                }
+            }
+            changed = token_rx.changed(), if watching => {
+                if changed.is_err() {
+                    watching = false;
+                    continue;
+                }
+                let fresh = token_rx.borrow_and_update().clone();
+                if fresh.is_some_and(|fresh| *fresh != *token) {
+                    return Handover::Rotate(drain);
+                }
+            }
+            () = &mut renewal, if renewal_due => {
+                renewal_due = false;
+                // The watcher polls anyway; read at once so no poll interval is lost.
+                if let Ok(fresh) = read_token(&agent.token_file).await
+                    && fresh != token
+                {
+                    return Handover::Rotate(drain);
+                }
+                let left = expires
+                    .and_then(|e| e.duration_since(SystemTime::now()).ok())
+                    .unwrap_or(Duration::ZERO);
+                tracing::warn!(hub = %url, lane, expires_in_s = left.as_secs(),
+                    "the session's token expires soon and the token file holds no newer token; the session is replaced as soon as it does");
+            }
         }
     }
 }

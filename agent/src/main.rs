@@ -4,7 +4,8 @@
 //! The protocol itself lives in `nowconnect-core`; this crate is its tokio driver:
 //!
 //! - [`lanes`]: one task per hub lane, reconnecting with [`backoff`] forever.
-//! - [`connect`]: TCP, [`tls`], the upgrade with the [`token`], HELLO and WELCOME.
+//! - [`connect`]: TCP (through a [`proxy`] with `trust_env`), [`tls`], the upgrade with the
+//!   [`token`], HELLO and WELCOME.
 //! - [`session`]: a session's reader and writer tasks around the core session.
 //! - [`stream`]: dialling a target and piping one stream.
 //! - [`wire`]: masked WebSocket frames and binary messages.
@@ -22,6 +23,7 @@ mod clock;
 mod connect;
 mod health;
 mod lanes;
+mod proxy;
 mod session;
 mod stream;
 mod tls;
@@ -41,6 +43,7 @@ use tracing_subscriber::filter::LevelFilter;
 
 use crate::health::Readiness;
 use crate::lanes::Agent;
+use crate::proxy::Proxies;
 
 /// The agent's name and version, sent in HELLO and as `User-Agent`.
 pub(crate) const SOFTWARE: &str = concat!("nowconnect-agent/", env!("CARGO_PKG_VERSION"));
@@ -84,6 +87,17 @@ fn main() -> ExitCode {
         eprintln!("nowconnect-agent: {line}");
         return ExitCode::from(EXIT_CONFIG);
     }
+    let proxies = if config.trust_env {
+        match Proxies::from_env(|name| std::env::var(name).ok()) {
+            Ok(proxies) => proxies,
+            Err(err) => {
+                eprintln!("nowconnect-agent: {err}");
+                return ExitCode::from(EXIT_CONFIG);
+            }
+        }
+    } else {
+        Proxies::default()
+    };
     init_logging(&config);
 
     let needs_tls = config.hub_urls.iter().any(|url| url.is_tls()) || config.ca_file.is_some();
@@ -109,7 +123,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let code = runtime.block_on(run(config, tls));
+    let code = runtime.block_on(run(config, tls, proxies));
     // A DNS lookup stuck in a blocking thread must not hold up the exit.
     runtime.shutdown_timeout(Duration::from_secs(1));
     code
@@ -117,11 +131,6 @@ fn main() -> ExitCode {
 
 /// Refuses options this version cannot honour, rather than silently ignoring them.
 fn check_supported(config: &AgentConfig) -> Result<(), &'static str> {
-    if config.trust_env {
-        return Err(
-            "trust_env (NC_TRUST_ENV) is true, but this version cannot connect through HTTP proxies; unset it or set it to false",
-        );
-    }
     if config.client_cert.is_some() || config.client_key.is_some() {
         return Err(
             "client_cert/client_key (NC_CLIENT_CERT, NC_CLIENT_KEY) are set, but this version does not support TLS client certificates; unset them",
@@ -155,7 +164,11 @@ fn init_logging(config: &AgentConfig) {
 }
 
 /// Runs the agent until SIGTERM or SIGINT, then drains; returns the exit status.
-async fn run(config: AgentConfig, tls: Option<Arc<rustls::ClientConfig>>) -> ExitCode {
+async fn run(
+    config: AgentConfig,
+    tls: Option<Arc<rustls::ClientConfig>>,
+    proxies: Proxies,
+) -> ExitCode {
     let readiness = Arc::new(Readiness::new(config.hub_urls.len()));
     if let Some(addr) = config.health_addr {
         match tokio::net::TcpListener::bind(addr).await {
@@ -181,10 +194,33 @@ async fn run(config: AgentConfig, tls: Option<Arc<rustls::ClientConfig>>) -> Exi
         software = SOFTWARE,
         "agent starting"
     );
+    for url in &config.hub_urls {
+        match proxies.for_url(url) {
+            Some(proxy) => {
+                tracing::info!(hub = %url, proxy = %proxy, "connecting through an HTTP proxy")
+            }
+            None if config.trust_env => {
+                tracing::info!(hub = %url, "connecting directly (no proxy for this hub)")
+            }
+            None => {}
+        }
+    }
+    if !config.trust_env
+        && ["HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy"]
+            .iter()
+            .any(|v| std::env::var_os(v).is_some_and(|v| !v.is_empty()))
+    {
+        tracing::info!(
+            "proxy variables are set but trust_env (NC_TRUST_ENV) is false: connecting directly"
+        );
+    }
+    let token = token::watch(config.token_file.clone()).await;
     let agent = Arc::new(Agent {
         hubs: config.hub_urls,
         agent_id: config.agent_id,
         token_file: config.token_file,
+        token,
+        proxies,
         connectors: Arc::new(config.connectors),
         lanes: config.lanes,
         tls,
@@ -264,14 +300,12 @@ mod tests {
     #[test]
     fn supported_options_pass() {
         assert!(check_supported(&config(&[("NC_CA_FILE", "/etc/ca.pem")])).is_ok());
+        assert!(check_supported(&config(&[("NC_TRUST_ENV", "true")])).is_ok());
     }
 
     #[test]
     fn unsupported_options_are_named() {
-        let cases = [
-            (("NC_TRUST_ENV", "true"), "NC_TRUST_ENV"),
-            (("NC_DPOP_KEY_FILE", "/k.pem"), "NC_DPOP_KEY_FILE"),
-        ];
+        let cases = [(("NC_DPOP_KEY_FILE", "/k.pem"), "NC_DPOP_KEY_FILE")];
         for ((key, value), named) in cases {
             let err = check_supported(&config(&[(key, value)])).unwrap_err();
             assert!(err.contains(named), "{err}");

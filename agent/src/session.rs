@@ -116,6 +116,9 @@ pub(crate) struct SessionParams {
     pub(crate) shutdown: watch::Receiver<bool>,
     /// Fired when the hub sends GOAWAY, so the lane opens a replacement at once.
     pub(crate) goaway: oneshot::Sender<()>,
+    /// Fired by the lane once a session opened with a rotated token replaced this one: stop
+    /// counting for readiness, let the running streams finish, then close with 1000.
+    pub(crate) drain: oneshot::Receiver<()>,
     /// Counts this session as up for `/readyz` until GOAWAY or its end.
     pub(crate) ready: ReadyGuard,
 }
@@ -144,8 +147,8 @@ enum End {
     /// Nothing arrived for three heartbeat intervals.
     #[error("heartbeat timeout: nothing heard from the hub for three intervals")]
     Heartbeat,
-    /// GOAWAY was received and the last stream ended.
-    #[error("drained after GOAWAY")]
+    /// GOAWAY was received, or a replacement took over, and the last stream ended.
+    #[error("drained")]
     Drained,
     /// The agent is shutting down.
     #[error("agent shutting down")]
@@ -238,6 +241,7 @@ pub(crate) async fn run(connected: Connected, params: SessionParams) {
         heartbeat: Heartbeat::new(clock::now(), welcome.heartbeat_ms, false),
         params,
         goaway_seen: false,
+        drain_asked: false,
         shutdown_deadline: None,
     };
     let end = reader.run(read, leftover, &mut writer).await;
@@ -275,6 +279,8 @@ struct Reader {
     heartbeat: Heartbeat,
     params: SessionParams,
     goaway_seen: bool,
+    /// Whether the lane's drain request arrived (or can no longer arrive).
+    drain_asked: bool,
     shutdown_deadline: Option<Millis>,
 }
 
@@ -320,9 +326,34 @@ impl Reader {
                 }
                 // Only waited on until shutdown begins: afterwards it would be ready forever.
                 _ = self.params.shutdown.changed(), if !shutting_down => {}
+                asked = &mut self.params.drain, if !self.drain_asked => {
+                    self.drain_asked = true;
+                    // An error means the lane moved on without asking: nothing to do.
+                    if asked.is_ok() {
+                        self.begin_drain();
+                    }
+                }
                 _ = &mut *writer => return End::Write,
             }
         }
+    }
+
+    /// A session opened with a rotated token took over: the hub routes new clients there
+    /// (this one stops counting for readiness), and this one closes with 1000 once its
+    /// streams have ended. Streams the hub still opens here are served all the same.
+    fn begin_drain(&mut self) {
+        let streams = {
+            let mut st = self.link.lock();
+            st.session.go_away();
+            st.session.stream_count()
+        };
+        self.params.ready.release();
+        tracing::info!(
+            hub = %self.params.hub,
+            lane = self.params.lane,
+            streams,
+            "token rotated: a new session took over, this one closes when its streams end"
+        );
     }
 
     /// Refuses new streams and starts the grace period.

@@ -597,8 +597,9 @@ fn bad_configuration_exits_2_with_one_line() {
                 ("NC_TOKEN_FILE", "/tmp/t"),
                 ("NC_CONNECTORS", "echo=127.0.0.1:7"),
                 ("NC_TRUST_ENV", "true"),
+                ("HTTPS_PROXY", "socks5://user:secret@proxy:1080"),
             ],
-            "NC_TRUST_ENV",
+            "HTTPS_PROXY",
         ),
         (
             &[
@@ -620,5 +621,6 @@ fn bad_configuration_exits_2_with_one_line() {
         let stderr = String::from_utf8(out.stderr).unwrap();
         assert_eq!(stderr.lines().count(), 1, "{stderr}");
         assert!(stderr.contains(named), "{stderr}");
+        assert!(!stderr.contains("secret"), "credentials leaked: {stderr}");
     }
 }

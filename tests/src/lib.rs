@@ -270,6 +270,11 @@ impl Proc {
             .collect()
     }
 
+    /// Every captured stderr line, JSON or not.
+    pub fn text_lines(&self) -> Vec<String> {
+        self.logs.lines.lock().unwrap().0.clone()
+    }
+
     /// How many captured log lines have this message.
     pub fn count_log(&self, message: &str) -> usize {
         self.log_lines()
@@ -386,6 +391,9 @@ pub struct HubConfig {
     pub jwks: PathBuf,
     /// The body of the `limits` mapping, such as `heartbeat_ms: 500`.
     pub limits: String,
+    /// The certificate chain and key files (PEM) when the hub terminates TLS on its tunnel
+    /// listener itself.
+    pub tls: Option<(PathBuf, PathBuf)>,
 }
 
 /// The I/O driver the hub runs with: `NOWCONNECT_TEST_DRIVER`, or `auto`.
@@ -405,6 +413,7 @@ impl HubConfig {
             listeners: connectors.iter().map(|c| ((*c).to_owned(), any)).collect(),
             jwks: jwks.to_owned(),
             limits: String::new(),
+            tls: None,
         }
     }
 
@@ -416,7 +425,15 @@ impl HubConfig {
             self.shards,
             test_driver()
         ));
-        out.push_str(&format!("tunnel: {{ listen: \"{}\" }}\n", self.tunnel));
+        match &self.tls {
+            None => out.push_str(&format!("tunnel: {{ listen: \"{}\" }}\n", self.tunnel)),
+            Some((cert, key)) => out.push_str(&format!(
+                "tunnel: {{ listen: \"{}\", tls: {{ cert_file: \"{}\", key_file: \"{}\" }} }}\n",
+                self.tunnel,
+                cert.display(),
+                key.display()
+            )),
+        }
         out.push_str(&format!("admin: {{ listen: \"{}\" }}\n", self.admin));
         out.push_str("listeners:\n");
         for (connector, listen) in &self.listeners {
@@ -553,6 +570,11 @@ impl Hub {
         format!("ws://{}/nowconnect/v1/tunnel", self.tunnel)
     }
 
+    /// The agent-facing `wss://` URL naming the hub as `host` (for a hub with `tls`).
+    pub fn tls_url(&self, host: &str) -> String {
+        format!("wss://{host}:{}/nowconnect/v1/tunnel", self.tunnel.port())
+    }
+
     /// GETs an admin path: status and body.
     pub fn admin_get(&self, path: &str) -> (u16, String) {
         http_get(self.admin, path)
@@ -643,6 +665,12 @@ pub struct Agent {
 
 impl Agent {
     pub fn start(config: &AgentConfig) -> Agent {
+        Agent::start_with_env(config, &[])
+    }
+
+    /// [`Agent::start`] with further environment variables, such as `NC_TRUST_ENV` and
+    /// `HTTPS_PROXY`.
+    pub fn start_with_env(config: &AgentConfig, env: &[(&str, &str)]) -> Agent {
         let connectors = config
             .connectors
             .iter()
@@ -663,6 +691,7 @@ impl Agent {
             .env("NC_LOG_FORMAT", "json")
             .env("NC_LOG_LEVEL", "debug")
             .env("NC_DIAL_TIMEOUT_MS", "5000");
+        command.envs(env.iter().copied());
         Agent {
             proc: Proc::spawn(&format!("agent {}", config.agent_id), command),
             config: config.clone(),
@@ -679,6 +708,69 @@ impl Agent {
     pub fn sessions_established(&self) -> usize {
         self.proc.count_log("session established")
     }
+
+    /// The agent's `session established` log lines so far.
+    pub fn established_lines(&self) -> Vec<Value> {
+        self.proc
+            .log_lines()
+            .into_iter()
+            .filter(|l| log_message(l) == Some("session established"))
+            .collect()
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Programs from the system (proxies, servers, clients)
+
+/// The path of a system program the tests run (`tinyproxy`, `redis-server`, `nginx`, …),
+/// looked up in `PATH` and the sbin directories; panics with how to install it when missing.
+pub fn system_program(name: &str) -> PathBuf {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let dirs = std::env::split_paths(&path)
+        .chain(["/usr/local/sbin", "/usr/sbin", "/sbin", "/usr/bin", "/bin"].map(PathBuf::from));
+    for dir in dirs {
+        let candidate = dir.join(name);
+        if candidate.is_file() {
+            return candidate;
+        }
+    }
+    panic!(
+        "`{name}` is not installed. These tests run it as a real peer; run scripts/test.sh, \
+         which installs it (Debian: apt-get install with the packages listed in its need_apt)."
+    );
+}
+
+/// A system program running with `args` and a clean environment plus `env`; its stderr is
+/// captured (see [`Proc::text_lines`]) and it is killed on drop.
+pub fn spawn_program(name: &str, program: &Path, args: &[&str], env: &[(&str, &str)]) -> Proc {
+    let mut command = clean_command(program);
+    command
+        .args(args)
+        .env("PATH", "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin")
+        .envs(env.iter().copied());
+    Proc::spawn(name, command)
+}
+
+/// Waits until something accepts TCP connections on `addr`.
+pub fn wait_listening(addr: SocketAddr, what: &str) {
+    let up = poll_until(WAIT, || TcpStream::connect(addr).is_ok());
+    assert!(up, "{what} never listened on {addr}");
+}
+
+/// Runs a program to completion with a clean environment; returns its exit status, stdout
+/// and stderr.
+pub fn run_program(program: &Path, args: &[&str]) -> (ExitStatus, Vec<u8>, String) {
+    let out = clean_command(program)
+        .args(args)
+        .env("PATH", "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", program.display()));
+    (
+        out.status,
+        out.stdout,
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -944,5 +1036,68 @@ impl Rig {
     /// The hub's listener for `connector`.
     pub fn listener(&self, connector: &str) -> SocketAddr {
         self.hub.listener(connector)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// A hub with its identity provider, for tests that start their agents themselves
+
+/// A hub, the key its JWKS trusts and a token file for [`AGENT_ID`]; agents are started by
+/// the test (with [`Site::agent`]) and must be dropped before the site.
+pub struct Site {
+    pub hub: Hub,
+    pub key: SigningKey,
+    pub token_file: PathBuf,
+    pub dir: TempDir,
+}
+
+impl Site {
+    /// A one-shard hub with a listener per connector.
+    pub fn start(tag: &str, connectors: &[&str]) -> Site {
+        Site::start_with(tag, connectors, |_, _| {})
+    }
+
+    /// [`Site::start`] with the hub's configuration adjusted by `edit` (given the scratch
+    /// directory, for files such as certificates).
+    pub fn start_with(
+        tag: &str,
+        connectors: &[&str],
+        edit: impl FnOnce(&mut HubConfig, &TempDir),
+    ) -> Site {
+        let dir = TempDir::new(tag);
+        let key = SigningKey::generate("k1");
+        let jwks = dir.join("jwks.json");
+        write_jwks(&jwks, &[&key]);
+        let token_file = dir.join("token");
+        write_atomically(&token_file, key.token(AGENT_ID, "jti-1").as_bytes());
+        let mut config = HubConfig::new("hub-a", &jwks, connectors);
+        edit(&mut config, &dir);
+        let hub = Hub::start(dir.path(), &config);
+        Site {
+            hub,
+            key,
+            token_file,
+            dir,
+        }
+    }
+
+    /// Starts an agent with one lane to `hub_url` serving `targets`, with `env` added.
+    pub fn agent(
+        &self,
+        hub_url: &str,
+        targets: &[(&str, SocketAddr)],
+        env: &[(&str, &str)],
+    ) -> Agent {
+        Agent::start_with_env(
+            &AgentConfig {
+                agent_id: AGENT_ID.to_owned(),
+                hub_urls: vec![hub_url.to_owned()],
+                token_file: self.token_file.clone(),
+                connectors: targets.iter().map(|(n, a)| ((*n).to_owned(), *a)).collect(),
+                lanes: Some(1),
+                health: free_addr(),
+            },
+            env,
+        )
     }
 }

@@ -1,9 +1,10 @@
 //! Agent tokens over time: a token rotated under a running transfer, and a session whose token
 //! expires.
 //!
-//! The agent reads its token file on every connect and at no other time, so a rotated token
-//! is used by the next session; these tests force that session by restarting the hub, or
-//! expect it when the old token expires.
+//! The agent reads its token file on every connect and watches it while sessions run, so a
+//! rotated token is used by the next session (rotation.rs covers the replacement the watch
+//! triggers); these tests force that session by restarting the hub, or expect it when the old
+//! token expires.
 
 use std::io::{Read, Write};
 use std::net::SocketAddr;
@@ -69,11 +70,6 @@ fn rotated_token_spares_the_running_transfer_and_serves_the_next_session() {
         write_jwks(&rig.jwks, &[&new_key]);
     });
     assert_eq!(sha256(&back), sha256(&data), "the transfer is intact");
-    assert_eq!(
-        rig.agent.sessions_established(),
-        1,
-        "replacing the token file does not disturb the session"
-    );
 
     // A new session, forced by restarting the hub, must use the new token: the restarted hub
     // refuses the old one.
