@@ -57,12 +57,9 @@ fn the_agent_trusts_a_private_ca_from_nc_ca_file() {
     );
     site.hub.wait_sessions(AGENT_ID, 1);
     agent.wait_ready();
-    // Kept small: the hub's TLS reader apparently (hub-uring/src/shard/transport.rs, `absorb`) feeds a
-    // whole 64 KiB read of ciphertext to rustls without draining plaintext in between, so a
-    // bulk upload from the agent overruns rustls' received-plaintext limit and the hub drops
-    // the session ("agent connection failed"). Bulk TLS transfers belong in a test once
-    // that is fixed.
-    let data = payload(21, 8 * 1024);
+    // Bulk both ways: the hub must feed rustls record by record and drain plaintext in
+    // between, or a fast upload overruns rustls' buffered-plaintext limit.
+    let data = payload(21, 4 << 20);
     let back = exchange(site.hub.listener("echo"), &data).expect("echo over the TLS tunnel");
     assert_eq!(sha256(&back), sha256(&data), "echo checksum");
 }

@@ -508,7 +508,9 @@ impl SessionCtx {
                     };
                 }
                 Ok(()) => {}
-                Err(_) => {
+                Err(e) => {
+                    tracing::warn!(session = %self.id, agent = %self.agent_id, error = %e,
+                        "reading from the agent failed");
                     return Ending {
                         code: CloseCode::GOING_AWAY,
                         reason: "agent connection failed",
@@ -627,7 +629,9 @@ impl SessionCtx {
             }
             // Keep the batch's allocation for the next round.
             batch = returned;
-            if result.is_err() {
+            if let Err(e) = result {
+                tracing::warn!(session = %self.id, agent = %self.agent_id, error = %e,
+                    "writing to the agent failed");
                 self.end(Ending {
                     code: CloseCode::GOING_AWAY,
                     reason: "agent connection failed",

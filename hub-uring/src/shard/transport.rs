@@ -56,7 +56,9 @@ const READ_CHUNK: usize = 64 * 1024;
 pub(crate) struct Conn {
     tcp: TcpStream,
     tls: Option<Rc<RefCell<rustls::ServerConnection>>>,
+    /// Ciphertext read from the socket; `cipher_in[cipher_pos..]` is not yet given to rustls.
     cipher_in: Vec<u8>,
+    cipher_pos: usize,
     cipher_out: Vec<u8>,
 }
 
@@ -66,6 +68,7 @@ impl Clone for Conn {
             tcp: self.tcp.clone(),
             tls: self.tls.clone(),
             cipher_in: Vec::new(),
+            cipher_pos: 0,
             cipher_out: Vec::new(),
         }
     }
@@ -78,6 +81,7 @@ impl Conn {
             tcp,
             tls: None,
             cipher_in: Vec::new(),
+            cipher_pos: 0,
             cipher_out: Vec::new(),
         }
     }
@@ -89,44 +93,78 @@ impl Conn {
             tcp,
             tls: Some(Rc::new(RefCell::new(state))),
             cipher_in: Vec::new(),
+            cipher_pos: 0,
             cipher_out: Vec::new(),
         })
     }
 
-    /// Completes the TLS handshake (nothing to do on plain TCP).
+    /// Completes the TLS handshake (nothing to do on plain TCP). Ciphertext that arrives
+    /// behind the handshake stays buffered for [`Conn::read`].
     pub(crate) async fn handshake(&mut self) -> io::Result<()> {
         let Some(tls) = self.tls.clone() else {
             return Ok(());
         };
-        let mut buf = Vec::with_capacity(READ_CHUNK);
         loop {
             self.flush_tls().await?;
             if !tls.borrow().is_handshaking() {
                 return Ok(());
             }
-            buf.clear();
-            let BufResult(result, returned) = self.tcp.read(buf).await;
-            buf = returned;
-            if result? == 0 {
+            if self.cipher_pos >= self.cipher_in.len() && self.fill().await? == 0 {
                 return Err(io::ErrorKind::UnexpectedEof.into());
             }
-            self.absorb(&buf)?;
+            let mut state = tls.borrow_mut();
+            while state.is_handshaking() && self.cipher_pos < self.cipher_in.len() {
+                self.feed(&mut state)?;
+            }
         }
     }
 
-    /// Feeds ciphertext to the TLS state.
-    fn absorb(&self, mut ciphertext: &[u8]) -> io::Result<()> {
-        let Some(tls) = &self.tls else {
-            return Ok(());
-        };
-        let mut tls = tls.borrow_mut();
-        while !ciphertext.is_empty() {
-            tls.read_tls(&mut ciphertext)?;
-            if let Err(e) = tls.process_new_packets() {
-                return Err(io::Error::new(io::ErrorKind::InvalidData, e));
+    /// Reads more ciphertext from the socket into the (fully consumed) input buffer; returns
+    /// how many bytes came, 0 at end of stream.
+    async fn fill(&mut self) -> io::Result<usize> {
+        let mut cipher = std::mem::take(&mut self.cipher_in);
+        cipher.clear();
+        cipher.reserve(READ_CHUNK);
+        let BufResult(result, cipher) = self.tcp.read(cipher).await;
+        self.cipher_in = cipher;
+        self.cipher_pos = 0;
+        result
+    }
+
+    /// Gives rustls one record's worth of buffered ciphertext and processes it.
+    fn feed(&mut self, state: &mut rustls::ServerConnection) -> io::Result<()> {
+        let mut rest = &self.cipher_in[self.cipher_pos..];
+        let n = state.read_tls(&mut rest)?;
+        self.cipher_pos += n;
+        state
+            .process_new_packets()
+            .map(|_| ())
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+    }
+
+    /// Moves decrypted plaintext into `buf`, feeding buffered ciphertext in between so rustls
+    /// never holds more plaintext than its limit. Returns true at the peer's close_notify.
+    fn drain_plaintext(
+        &mut self,
+        tls: &RefCell<rustls::ServerConnection>,
+        buf: &mut Vec<u8>,
+    ) -> io::Result<bool> {
+        let mut state = tls.borrow_mut();
+        let mut chunk = [0u8; 16 * 1024];
+        loop {
+            loop {
+                match state.reader().read(&mut chunk) {
+                    Ok(0) => return Ok(true),
+                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) => return Err(e),
+                }
             }
+            if buf.len() >= READ_CHUNK || self.cipher_pos >= self.cipher_in.len() {
+                return Ok(false);
+            }
+            self.feed(&mut state)?;
         }
-        Ok(())
     }
 
     /// Sends whatever TLS records are waiting (handshake messages, alerts, sealed data).
@@ -161,45 +199,42 @@ impl Conn {
             return (result.map(|_| ()), buf);
         };
         loop {
-            {
-                let mut state = tls.borrow_mut();
-                let mut chunk = [0u8; 16 * 1024];
-                loop {
-                    match state.reader().read(&mut chunk) {
-                        Ok(0) => return (Ok(()), buf),
-                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                        Err(e) => return (Err(e), buf),
-                    }
-                }
-            }
-            if !buf.is_empty() {
-                return (Ok(()), buf);
-            }
-            let mut cipher = std::mem::take(&mut self.cipher_in);
-            cipher.clear();
-            cipher.reserve(READ_CHUNK);
-            let BufResult(result, cipher) = self.tcp.read(cipher).await;
-            let absorbed = match result {
-                Ok(0) => {
-                    self.cipher_in = cipher;
-                    return (Ok(()), buf);
-                }
-                Ok(_) => self.absorb(&cipher),
+            let closed = match self.drain_plaintext(&tls, &mut buf) {
+                Ok(closed) => closed,
                 Err(e) => {
-                    self.cipher_in = cipher;
+                    // Send the alert rustls queued, if any, then give up.
+                    let _ = self.flush_tls().await;
                     return (Err(e), buf);
                 }
             };
-            self.cipher_in = cipher;
-            if let Err(e) = absorbed {
-                let _ = self.flush_tls().await;
-                return (Err(e), buf);
-            }
             if let Err(e) = self.flush_tls().await {
                 return (Err(e), buf);
             }
+            if closed || !buf.is_empty() {
+                return (Ok(()), buf);
+            }
+            match self.fill().await {
+                Ok(0) => return (Ok(()), buf),
+                Ok(_) => {}
+                Err(e) => return (Err(e), buf),
+            }
         }
+    }
+
+    /// Seals `data` and sends it, flushing whenever rustls' send buffer fills.
+    async fn seal_all(
+        &mut self,
+        tls: &RefCell<rustls::ServerConnection>,
+        mut data: &[u8],
+    ) -> io::Result<()> {
+        while !data.is_empty() {
+            let n = tls.borrow_mut().writer().write(data)?;
+            data = &data[n..];
+            if !data.is_empty() {
+                self.flush_tls().await?;
+            }
+        }
+        Ok(())
     }
 
     /// Writes `plain` in order. On TLS it is sealed first (one copy, inherent to TLS).
@@ -210,8 +245,7 @@ impl Conn {
                 (result, buf)
             }
             Some(tls) => {
-                let sealed = tls.borrow_mut().writer().write_all(&plain);
-                if let Err(e) = sealed {
+                if let Err(e) = self.seal_all(&tls, &plain).await {
                     return (Err(e), plain);
                 }
                 (self.flush_tls().await, plain)
@@ -219,7 +253,7 @@ impl Conn {
         }
     }
 
-    /// Writes several buffers (`bufs[i][starts[i]..]`) in order, vectored on plain TCP.
+    /// Writes several buffers in order, vectored on plain TCP.
     pub(crate) async fn write_batch(
         &mut self,
         bufs: Vec<compio::buf::Slice<Vec<u8>>>,
@@ -230,12 +264,9 @@ impl Conn {
                 (result, bufs)
             }
             Some(tls) => {
-                {
-                    let mut state = tls.borrow_mut();
-                    for b in &bufs {
-                        if let Err(e) = state.writer().write_all(b) {
-                            return (Err(e), bufs);
-                        }
+                for b in &bufs {
+                    if let Err(e) = self.seal_all(&tls, b).await {
+                        return (Err(e), bufs);
                     }
                 }
                 (self.flush_tls().await, bufs)
