@@ -4,11 +4,16 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# System packages the tests need (none yet for the protocol core). Installed only when missing.
+# Debian packages the end-to-end tests use (real proxies and protocol servers). Installed only
+# when missing, so a machine that has them runs the tests offline.
 need_apt=(ca-certificates tinyproxy)
-if ((${#need_apt[@]})); then
+missing=()
+for pkg in "${need_apt[@]}"; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+done
+if ((${#missing[@]})); then
     apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
 fi
 
 # The end-to-end tests run the hub and agent binaries: build them first.
