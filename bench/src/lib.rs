@@ -1,1 +1,2 @@
-//! Shared helpers for the benchmarks live in `benches/`; this library is intentionally empty.
+//! The benchmarks live in `benches/`; this library holds nothing of its own.
+#![forbid(unsafe_code)]
