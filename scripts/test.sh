@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # System packages the tests need (none yet for the protocol core). Installed only when missing.
-need_apt=(ca-certificates tinyproxy)
+need_apt=(ca-certificates tinyproxy redis-server redis-tools nginx-light curl)
 if ((${#need_apt[@]})); then
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}"

@@ -773,6 +773,62 @@ pub fn run_program(program: &Path, args: &[&str]) -> (ExitStatus, Vec<u8>, Strin
     )
 }
 
+/// [`run_program`] for a client that talks to a peer: stdin is read from `stdin` (empty when
+/// None), and a client still running after `within` is killed and reported as a panic, so a
+/// stuck peer fails the test instead of hanging it.
+pub fn run_program_within(
+    program: &Path,
+    args: &[&str],
+    stdin: Option<&Path>,
+    within: Duration,
+) -> (ExitStatus, Vec<u8>, String) {
+    let input = match stdin {
+        Some(path) => Stdio::from(
+            std::fs::File::open(path)
+                .unwrap_or_else(|e| panic!("cannot open {}: {e}", path.display())),
+        ),
+        None => Stdio::null(),
+    };
+    let mut child = clean_command(program)
+        .args(args)
+        .env("PATH", "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin")
+        .stdin(input)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", program.display()));
+    let mut stdout = child.stdout.take().unwrap();
+    let mut stderr = child.stderr.take().unwrap();
+    let out = std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        let _ = stdout.read_to_end(&mut buf);
+        buf
+    });
+    let err = std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        let _ = stderr.read_to_end(&mut buf);
+        buf
+    });
+    let mut status = None;
+    poll_until(within, || {
+        status = child.try_wait().ok().flatten();
+        status.is_some()
+    });
+    let Some(status) = status else {
+        let _ = child.kill();
+        let _ = child.wait();
+        let err = err.join().unwrap_or_default();
+        panic!(
+            "{} {args:?} did not finish within {within:?}; stderr: {}",
+            program.display(),
+            String::from_utf8_lossy(&err)
+        );
+    };
+    let out = out.join().unwrap_or_default();
+    let err = err.join().unwrap_or_default();
+    (status, out, String::from_utf8_lossy(&err).into_owned())
+}
+
 // ---------------------------------------------------------------------------------------------
 // Targets
 
