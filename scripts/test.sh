@@ -4,9 +4,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# Debian packages the end-to-end tests use (real proxies and protocol servers). Installed only
-# when missing, so a machine that has them runs the tests offline.
-need_apt=(ca-certificates tinyproxy)
+# Debian packages the end-to-end tests use (a real proxy and real protocol servers and
+# clients). Installed only when missing, so a machine that has them runs the tests offline.
+need_apt=(ca-certificates tinyproxy redis-server redis-tools nginx-light curl)
 missing=()
 for pkg in "${need_apt[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")

@@ -9,6 +9,7 @@
 //! The binaries are found in `NOWCONNECT_BIN_DIR` when it is set, otherwise next to the test
 //! executable's `deps/` directory (`target/<profile>/`). Build them first:
 //! `cargo build -p nowconnect-hub -p nowconnect-agent` (`scripts/test.sh` does).
+#![forbid(unsafe_code)]
 
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
@@ -312,11 +313,14 @@ impl Proc {
         }
     }
 
-    /// Sends `signal` (libc::SIGTERM, SIGSTOP, …) to the process.
+    /// Sends `signal` (libc::SIGTERM, SIGSTOP, …) to the process, with kill(1).
     pub fn signal(&self, signal: i32) {
-        // SAFETY: kill(2) with a pid we own and a valid signal number has no memory effects.
-        let rc = unsafe { libc::kill(self.pid(), signal) };
-        assert_eq!(rc, 0, "kill({}, {signal}) failed", self.pid());
+        let status = std::process::Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.pid().to_string())
+            .status()
+            .expect("kill(1) runs");
+        assert!(status.success(), "kill -{signal} {} failed", self.pid());
     }
 
     /// SIGKILL, and reap it.
@@ -771,6 +775,62 @@ pub fn run_program(program: &Path, args: &[&str]) -> (ExitStatus, Vec<u8>, Strin
         out.stdout,
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
+}
+
+/// [`run_program`] for a client that talks to a peer: stdin is read from `stdin` (empty when
+/// None), and a client still running after `within` is killed and reported as a panic, so a
+/// stuck peer fails the test instead of hanging it.
+pub fn run_program_within(
+    program: &Path,
+    args: &[&str],
+    stdin: Option<&Path>,
+    within: Duration,
+) -> (ExitStatus, Vec<u8>, String) {
+    let input = match stdin {
+        Some(path) => Stdio::from(
+            std::fs::File::open(path)
+                .unwrap_or_else(|e| panic!("cannot open {}: {e}", path.display())),
+        ),
+        None => Stdio::null(),
+    };
+    let mut child = clean_command(program)
+        .args(args)
+        .env("PATH", "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin")
+        .stdin(input)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", program.display()));
+    let mut stdout = child.stdout.take().unwrap();
+    let mut stderr = child.stderr.take().unwrap();
+    let out = std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        let _ = stdout.read_to_end(&mut buf);
+        buf
+    });
+    let err = std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        let _ = stderr.read_to_end(&mut buf);
+        buf
+    });
+    let mut status = None;
+    poll_until(within, || {
+        status = child.try_wait().ok().flatten();
+        status.is_some()
+    });
+    let Some(status) = status else {
+        let _ = child.kill();
+        let _ = child.wait();
+        let err = err.join().unwrap_or_default();
+        panic!(
+            "{} {args:?} did not finish within {within:?}; stderr: {}",
+            program.display(),
+            String::from_utf8_lossy(&err)
+        );
+    };
+    let out = out.join().unwrap_or_default();
+    let err = err.join().unwrap_or_default();
+    (status, out, String::from_utf8_lossy(&err).into_owned())
 }
 
 // ---------------------------------------------------------------------------------------------
