@@ -401,6 +401,36 @@ async fn receive_handoffs(
     }
 }
 
+/// Accepts connections on `listener` forever, serving each in a task of its own. An accept
+/// error (for instance, out of file descriptors) is logged and retried after a short pause.
+async fn accept_loop<F, Fut>(
+    listener: compio::net::TcpListener,
+    what: &'static str,
+    shard: usize,
+    serve: F,
+) where
+    F: Fn(compio::net::TcpStream, SocketAddr) -> Fut,
+    Fut: std::future::Future<Output = ()> + 'static,
+{
+    loop {
+        match listener.accept().await {
+            Ok((stream, peer)) => compio::runtime::spawn(serve(stream, peer)).detach(),
+            Err(e) => {
+                tracing::warn!(shard, error = %e, "{what} accept failed");
+                compio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+/// Seconds since the Unix epoch, for token times.
+pub(crate) fn now_unix() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
 async fn shard_main(
     ctx: Rc<ShardCtx>,
     sockets: ShardSockets,
@@ -421,19 +451,12 @@ async fn shard_main(
     )));
     {
         let ctx = ctx.clone();
-        accept_tasks.push(compio::runtime::spawn(async move {
-            loop {
-                match tunnel.accept().await {
-                    Ok((stream, peer)) => {
-                        compio::runtime::spawn(tunnel::serve(ctx.clone(), stream, peer)).detach();
-                    }
-                    Err(e) => {
-                        tracing::warn!(shard = ctx.index, error = %e, "tunnel accept failed");
-                        compio::time::sleep(Duration::from_millis(50)).await;
-                    }
-                }
-            }
-        }));
+        accept_tasks.push(compio::runtime::spawn(accept_loop(
+            tunnel,
+            "tunnel",
+            ctx.index,
+            move |stream, peer| tunnel::serve(ctx.clone(), stream, peer),
+        )));
     }
     for (i, std_listener) in sockets.listeners.into_iter().enumerate() {
         let listener = match compio::net::TcpListener::from_std(std_listener) {
@@ -444,20 +467,12 @@ async fn shard_main(
             }
         };
         let ctx = ctx.clone();
-        accept_tasks.push(compio::runtime::spawn(async move {
-            loop {
-                match listener.accept().await {
-                    Ok((stream, peer)) => {
-                        compio::runtime::spawn(client::serve(ctx.clone(), stream, peer, i, false))
-                            .detach();
-                    }
-                    Err(e) => {
-                        tracing::warn!(shard = ctx.index, error = %e, "client accept failed");
-                        compio::time::sleep(Duration::from_millis(50)).await;
-                    }
-                }
-            }
-        }));
+        accept_tasks.push(compio::runtime::spawn(accept_loop(
+            listener,
+            "client",
+            ctx.index,
+            move |stream, peer| client::serve(ctx.clone(), stream, peer, i, false),
+        )));
     }
     let _ = ready.send(Ok(()));
 

@@ -21,9 +21,9 @@ use nowconnect_core::time::Millis;
 use nowconnect_core::ws::{self, CloseCode};
 use tokio::sync::Notify;
 
-use super::ShardCtx;
 use super::pool::HEADROOM;
 use super::transport::Conn;
+use super::{ShardCtx, now_unix};
 use crate::metrics::{CloseReason, ConnectorMetrics};
 
 /// What a session tells a client connection.
@@ -127,13 +127,6 @@ pub(crate) struct SessionCtx {
 /// GOAWAY goes out this long before the agent's token expires, so the agent reconnects with a
 /// fresh one while its streams finish.
 const TOKEN_GOAWAY_AHEAD_SECS: u64 = 60;
-
-fn now_unix() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
 
 impl SessionCtx {
     pub(crate) fn new(

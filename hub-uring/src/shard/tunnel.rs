@@ -9,7 +9,7 @@
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use compio::io::AsyncWriteExt;
 use compio::net::TcpStream;
@@ -18,9 +18,9 @@ use nowconnect_core::handshake::{self, Parsed, RequestLimits};
 use nowconnect_core::session::{Role, Session, SessionConfig};
 use nowconnect_core::ws::{self, CloseCode};
 
-use super::ShardCtx;
 use super::session::SessionCtx;
 use super::transport::Conn;
+use super::{ShardCtx, now_unix};
 
 /// A refusal before the session exists.
 struct Refused {
@@ -104,13 +104,6 @@ fn close_refusal(reason: &'static str, code: CloseCode, text: &str) -> Refused {
     let mut reply = Vec::new();
     ws::encode_close(&mut reply, code, text, None);
     Refused { reason, reply }
-}
-
-fn now_unix() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
 
 /// The upgrade, authentication, HELLO and WELCOME.
