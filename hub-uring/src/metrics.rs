@@ -317,6 +317,9 @@ struct ShardFamilies {
     driver: Family<DriverLabels, Gauge>,
     buffers: Family<ShardLabels, Gauge>,
     buffers_in_use: Family<ShardLabels, Gauge>,
+    ring_buffers: Family<ShardLabels, Gauge>,
+    ring_in_use: Family<ShardLabels, Gauge>,
+    ring_exhausted: Family<ShardLabels, Counter>,
     cross_shard: Family<CrossShardLabels, Counter>,
     streams: Family<ShardLabels, Gauge>,
     sessions: Family<ShardLabels, Gauge>,
@@ -332,6 +335,9 @@ impl ShardFamilies {
                 shard,
                 buffers: self.buffers.get_or_create_owned(&labels),
                 buffers_in_use: self.buffers_in_use.get_or_create_owned(&labels),
+                ring_buffers: self.ring_buffers.get_or_create_owned(&labels),
+                ring_in_use: self.ring_in_use.get_or_create_owned(&labels),
+                ring_exhausted: self.ring_exhausted.get_or_create_owned(&labels),
                 cross_shard: (0..shards)
                     .map(|to| {
                         self.cross_shard
@@ -351,6 +357,9 @@ struct ShardHandles {
     shard: usize,
     buffers: Gauge,
     buffers_in_use: Gauge,
+    ring_buffers: Gauge,
+    ring_in_use: Gauge,
+    ring_exhausted: Counter,
     /// Indexed by the destination shard.
     cross_shard: Box<[Counter]>,
     streams: Gauge,
@@ -390,6 +399,18 @@ impl ShardMetrics {
     pub fn set_buffer_pool(&self, size: u64, in_use: u64) {
         self.inner.buffers.set(gauge_value(size));
         self.inner.buffers_in_use.set(gauge_value(in_use));
+    }
+
+    /// The shard's provided-buffer ring holds `size` buffers (0 when the driver has none),
+    /// `in_use` of them taken out by connections.
+    pub fn set_recv_ring(&self, size: u64, in_use: u64) {
+        self.inner.ring_buffers.set(gauge_value(size));
+        self.inner.ring_in_use.set(gauge_value(in_use));
+    }
+
+    /// A client receive found the shard's ring empty and fell back to the buffer pool.
+    pub fn recv_ring_exhausted(&self) {
+        self.inner.ring_exhausted.inc();
     }
 
     /// `n` frames were handed from this shard to shard `to` through its ring.
@@ -532,6 +553,9 @@ impl HubMetrics {
             driver: Family::default(),
             buffers: Family::default(),
             buffers_in_use: Family::default(),
+            ring_buffers: Family::default(),
+            ring_in_use: Family::default(),
+            ring_exhausted: Family::default(),
             cross_shard: Family::default(),
             streams: Family::default(),
             sessions: Family::default(),
@@ -552,6 +576,21 @@ impl HubMetrics {
             "buffer_pool_in_use",
             "Receive buffers of a shard's pool lent out",
             sf.buffers_in_use.clone(),
+        );
+        registry.register(
+            "recv_ring_buffers",
+            "Buffers in a shard's io_uring provided-buffer ring for client receives",
+            sf.ring_buffers.clone(),
+        );
+        registry.register(
+            "recv_ring_in_use",
+            "Buffers of a shard's receive ring held by connections",
+            sf.ring_in_use.clone(),
+        );
+        registry.register(
+            "recv_ring_exhausted",
+            "Client receives that found the shard's ring empty and used the buffer pool",
+            sf.ring_exhausted.clone(),
         );
         registry.register(
             "cross_shard_messages",

@@ -24,10 +24,25 @@ pub struct ShardRuntime {
 /// in flight between two polls.
 const RING_ENTRIES: u32 = 4096;
 
+/// The provided-buffer ring a shard's client receives draw from under io_uring.
+#[derive(Clone, Copy, Debug)]
+pub struct RecvRing {
+    /// Buffers in the ring (rounded up to a power of two by compio).
+    pub buffers: u16,
+    /// Bytes each buffer receives; the allocator adds the header room in front.
+    pub buffer_len: usize,
+}
+
 /// Builds the runtime of one shard on the calling thread.
-pub fn build(driver: Driver) -> io::Result<ShardRuntime> {
+pub fn build(driver: Driver, ring: RecvRing) -> io::Result<ShardRuntime> {
     let mut proactor = ProactorBuilder::new();
     proactor.capacity(RING_ENTRIES);
+    proactor
+        .buffer_pool_size(
+            std::num::NonZero::new(ring.buffers.max(1)).unwrap_or(std::num::NonZero::<u16>::MIN),
+        )
+        .buffer_pool_buffer_len(ring.buffer_len)
+        .buffer_pool_allocator::<crate::shard::ring::HeadroomAllocator>();
     match driver {
         Driver::Auto => {}
         Driver::IoUring => {
@@ -54,16 +69,21 @@ fn driver_name(t: DriverType) -> &'static str {
 mod tests {
     use super::*;
 
+    const RING: RecvRing = RecvRing {
+        buffers: 8,
+        buffer_len: 4096,
+    };
+
     #[test]
     fn epoll_can_be_forced() {
-        let rt = build(Driver::Epoll).unwrap();
+        let rt = build(Driver::Epoll, RING).unwrap();
         assert_eq!(rt.driver, "epoll");
         assert_eq!(rt.runtime.block_on(async { 40 + 2 }), 42);
     }
 
     #[test]
     fn auto_picks_a_driver() {
-        let rt = build(Driver::Auto).unwrap();
+        let rt = build(Driver::Auto, RING).unwrap();
         assert!(matches!(rt.driver, "io_uring" | "epoll"));
     }
 }

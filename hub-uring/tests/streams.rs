@@ -487,8 +487,110 @@ fn an_idle_client_holds_no_buffer() {
         Some(0.0),
         "idle clients must not pin receive buffers"
     );
+    if test_driver() == "io_uring" {
+        // Under io_uring the clients' receives are armed on the shard's ring, which lends a
+        // buffer only when bytes arrive.
+        assert_eq!(
+            rig.hub.metric("nowconnect_recv_ring_buffers{shard=\"0\"}"),
+            Some(256.0)
+        );
+        assert_eq!(
+            rig.hub.metric("nowconnect_recv_ring_in_use{shard=\"0\"}"),
+            Some(0.0),
+            "idle clients must not pin ring buffers"
+        );
+    }
     // A client that sends gets its bytes through.
     clients[0].write_all(b"wake").unwrap();
     let f = agent.expect(WAIT, |f| matches!(f, OwnedFrame::Data(..)));
     assert!(matches!(f, OwnedFrame::Data(_, ref d) if d == b"wake"));
+}
+
+/// A ring of eight buffers and many clients sending at once into a tunnel the agent does not
+/// read for a while: the ring runs dry, receives fall back to the pool, and every byte of every
+/// stream still arrives once and in order.
+#[test]
+fn a_dry_receive_ring_loses_nothing() {
+    const CLIENTS: usize = 32;
+    const BYTES: usize = 1 << 20;
+    let dir = TempDir::new("hub");
+    let key = SigningKey::generate("k1");
+    let jwks = dir.path("jwks.json");
+    write_jwks(&jwks, &[&key]);
+    let driver = test_driver();
+    let yaml = hub_yaml(&jwks, &["sink"], "").replace(
+        &format!("driver: {driver} }}"),
+        &format!("driver: {driver}, recv_buffers: 8 }}"),
+    );
+    assert!(yaml.contains("recv_buffers: 8"));
+    let hub = Hub::start(dir, &yaml);
+    let mut agent = RawAgent::connect(
+        hub.addrs.tunnel,
+        &key.token("agent-1"),
+        "agent-1",
+        &["sink"],
+    );
+    let pattern = |i: usize| -> Vec<u8> {
+        (0..BYTES as u32)
+            .map(|n| (n.wrapping_mul(2_654_435_761) >> 24) as u8 ^ i as u8)
+            .collect()
+    };
+    // Open every stream before any client sends, so no DATA arrives while OPENs are awaited.
+    let mut ids = Vec::new();
+    let mut clients = Vec::new();
+    for _ in 0..CLIENTS {
+        clients.push(TcpStream::connect(hub.addrs.listeners[0]).unwrap());
+        let id = expect_open(&mut agent);
+        agent.send_frames(&frames(|v| frame::encode_open_ok(v, id)));
+        ids.push(id);
+    }
+    let writers: Vec<_> = clients
+        .into_iter()
+        .enumerate()
+        .map(|(i, mut client)| {
+            std::thread::spawn(move || {
+                client.write_all(&pattern(i)).unwrap();
+                client.shutdown(Shutdown::Write).unwrap();
+                client
+            })
+        })
+        .collect();
+    // Every stream fills its window while nobody reads the tunnel.
+    std::thread::sleep(Duration::from_millis(300));
+    let mut got: std::collections::HashMap<StreamId, Vec<u8>> = Default::default();
+    let mut fins = 0;
+    while fins < CLIENTS {
+        let Some(frame) = agent.next_frame(WAIT) else {
+            let lens: Vec<usize> = ids
+                .iter()
+                .map(|id| got.get(id).map_or(0, Vec::len))
+                .collect();
+            panic!("stalled after {fins} FINs; bytes per stream: {lens:?}");
+        };
+        match frame {
+            OwnedFrame::Data(id, d) => {
+                agent.send_frames(&frames(|v| frame::encode_window(v, id, d.len() as u32)));
+                got.entry(id).or_default().extend_from_slice(&d);
+            }
+            OwnedFrame::Fin(_) => fins += 1,
+            other => {
+                while let Ok(line) = hub.logs.try_recv() {
+                    eprintln!("{line}");
+                }
+                panic!("{other:?}")
+            }
+        }
+    }
+    let _clients: Vec<TcpStream> = writers.into_iter().map(|w| w.join().unwrap()).collect();
+    for (i, id) in ids.iter().enumerate() {
+        let bytes = got.remove(id).unwrap_or_default();
+        assert_eq!(bytes.len(), BYTES, "stream {i}");
+        assert!(bytes == pattern(i), "stream {i}: bytes differ");
+    }
+    if driver == "io_uring" {
+        let dry = hub
+            .metric("nowconnect_recv_ring_exhausted_total{shard=\"0\"}")
+            .unwrap_or(0.0);
+        assert!(dry > 0.0, "the ring of eight buffers never ran dry");
+    }
 }

@@ -1,23 +1,30 @@
 //! One client connection: admission, routing to a session, and the two directions of bytes.
 //!
-//! Client → agent: read into a pooled buffer behind the headroom, only as much as the stream's
-//! credit allows, and hand the buffer to the session's writer as a finished frame. Agent →
+//! Client → agent: bytes land behind the headroom of a buffer (under io_uring one the kernel
+//! picks from the shard's provided-buffer ring with a multishot receive, under epoll a pooled
+//! one read into after readiness), never more than the stream's credit is sent, and the buffer
+//! goes to the session's writer as a finished frame. Agent →
 //! client: write what the session delivers, then report it consumed so credit flows back. A
 //! reset from either side ends the connection with a TCP RST (`SO_LINGER` 0).
 
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::rc::Rc;
 
 use compio::BufResult;
 use compio::buf::{IntoInner, IoBuf};
-use compio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use compio::driver::ErrorExt;
+use compio::io::{AsyncRead, AsyncReadMulti, AsyncWrite, AsyncWriteExt};
 use compio::net::TcpStream;
+use compio::runtime::{CancelToken, StreamExt as _};
+use futures_util::StreamExt;
 use futures_util::future::{Either, select};
 use nowconnect_core::frame::StreamId;
 use tokio::sync::Notify;
 
 use super::ShardCtx;
 use super::pool::HEADROOM;
+use super::ring::RecvBuf;
 use super::session::{Mailbox, SessionCtx, ToClient};
 use crate::metrics::{ConnectorMetrics, RejectReason};
 
@@ -125,6 +132,9 @@ async fn client_to_agent(
     credit: &Notify,
     metrics: &ConnectorMetrics,
 ) -> Outcome {
+    if let Some(buffer_len) = shard.recv_ring {
+        return client_to_agent_ring(shard, session, id, reader, buffer_len, credit, metrics).await;
+    }
     // Readiness is awaited without a buffer, so an idle client holds none. After a read that
     // filled its buffer more bytes are likely waiting, and the next read goes straight on.
     let Ok(readiness) = reader.to_poll_fd() else {
@@ -137,38 +147,191 @@ async fn client_to_agent(
             session.client_reset(id);
             return Outcome::Reset;
         }
-        let allowed = session.credit(id);
-        if allowed == 0 {
+        match read_pooled(shard, session, id, &mut reader, credit, metrics).await {
+            Read::Bytes { filled } => drained = !filled,
+            Read::NoCredit => drained = false,
+            Read::End(outcome) => return outcome,
+        }
+    }
+}
+
+/// What one read into a pooled buffer did.
+enum Read {
+    /// Bytes went to the agent; `filled` when they filled the buffer.
+    Bytes { filled: bool },
+    /// The stream had no credit; it has been waited for.
+    NoCredit,
+    /// This direction is over.
+    End(Outcome),
+}
+
+/// Reads once into a pooled buffer behind the headroom, as much as the stream's credit
+/// allows, and sends what came as one frame. Waits for credit first if there is none.
+async fn read_pooled(
+    shard: &ShardCtx,
+    session: &SessionCtx,
+    id: StreamId,
+    reader: &mut TcpStream,
+    credit: &Notify,
+    metrics: &ConnectorMetrics,
+) -> Read {
+    let allowed = session.credit(id);
+    if allowed == 0 {
+        if session.has_ended() {
+            return Read::End(Outcome::Reset);
+        }
+        credit.notified().await;
+        return Read::NoCredit;
+    }
+    let want = allowed.min(shard.pool.payload_capacity());
+    let buf = shard.pool.take();
+    let BufResult(result, slice) = reader.read(buf.slice(HEADROOM..HEADROOM + want)).await;
+    let buf = slice.into_inner();
+    match result {
+        Ok(0) => {
+            shard.pool.give(buf);
+            session.finish(id);
+            Read::End(Outcome::Done)
+        }
+        Ok(n) => {
+            metrics.bytes_to_agent(n as u64);
+            if session.send_data(id, buf, n).is_err() {
+                // The stream is gone (reset while we read); the other direction says why.
+                return Read::End(Outcome::Reset);
+            }
+            Read::Bytes { filled: n == want }
+        }
+        Err(_) => {
+            shard.pool.give(buf);
+            session.client_reset(id);
+            Read::End(Outcome::Reset)
+        }
+    }
+}
+
+/// Client → agent under io_uring: a multishot receive into the shard's provided-buffer ring
+/// stays armed while the stream has credit for a whole buffer, so an idle client holds no
+/// buffer and a busy one costs no submission per read. Each buffer the kernel fills becomes
+/// a frame in place (see [`super::ring`]).
+///
+/// When credit runs short the receive is cancelled and what the kernel still delivers is
+/// held, in order, until credit returns; nothing received is ever dropped. When the ring is
+/// empty (every buffer in flight) one read goes through the pooled path instead.
+async fn client_to_agent_ring(
+    shard: &ShardCtx,
+    session: &SessionCtx,
+    id: StreamId,
+    mut reader: TcpStream,
+    buffer_len: usize,
+    credit: &Notify,
+    metrics: &ConnectorMetrics,
+) -> Outcome {
+    let mut held: VecDeque<RecvBuf> = VecDeque::new();
+    let mut eof = false;
+    loop {
+        while held
+            .front()
+            .is_some_and(|front| session.credit(id) >= front.len())
+        {
+            let Some(buf) = held.pop_front() else { break };
+            metrics.bytes_to_agent(buf.len() as u64);
+            if session.send_received(id, buf).is_err() {
+                return Outcome::Reset;
+            }
+        }
+        if held.is_empty() && eof {
+            session.finish(id);
+            return Outcome::Done;
+        }
+        if !held.is_empty() || session.credit(id) < buffer_len {
             if session.has_ended() {
                 return Outcome::Reset;
             }
             credit.notified().await;
-            drained = false;
             continue;
         }
-        let want = allowed.min(shard.pool.payload_capacity());
-        let buf = shard.pool.take();
-        let BufResult(result, slice) = reader.read(buf.slice(HEADROOM..HEADROOM + want)).await;
-        let buf = slice.into_inner();
-        match result {
-            Ok(0) => {
-                shard.pool.give(buf);
-                session.finish(id);
-                return Outcome::Done;
-            }
-            Ok(n) => {
-                drained = n < want;
-                metrics.bytes_to_agent(n as u64);
-                if session.send_data(id, buf, n).is_err() {
-                    // The stream is gone (reset while we read); the other direction says why.
-                    return Outcome::Reset;
+        match receive_burst(session, id, &reader, buffer_len, &mut held, metrics).await {
+            Burst::Paused => {}
+            Burst::Eof => eof = true,
+            Burst::RingEmpty => {
+                shard.metrics.recv_ring_exhausted();
+                if let Read::End(outcome) =
+                    read_pooled(shard, session, id, &mut reader, credit, metrics).await
+                {
+                    return outcome;
                 }
             }
-            Err(_) => {
-                shard.pool.give(buf);
+            Burst::Failed(e) => {
+                tracing::debug!(stream = %id, error = %e, "client receive failed");
                 session.client_reset(id);
                 return Outcome::Reset;
             }
+            Burst::Gone => return Outcome::Reset,
+        }
+    }
+}
+
+/// How a multishot receive ended.
+enum Burst {
+    /// Cancelled for lack of credit; anything received is in `held`.
+    Paused,
+    /// The client half-closed.
+    Eof,
+    /// The ring had no free buffer.
+    RingEmpty,
+    /// The connection failed.
+    Failed(std::io::Error),
+    /// The stream is gone (reset while we received).
+    Gone,
+}
+
+async fn receive_burst(
+    session: &SessionCtx,
+    id: StreamId,
+    reader: &TcpStream,
+    buffer_len: usize,
+    held: &mut VecDeque<RecvBuf>,
+    metrics: &ConnectorMetrics,
+) -> Burst {
+    let cancel = CancelToken::new();
+    let mut paused = false;
+    let mut cancelled = false;
+    let mut reader = reader;
+    let mut received = std::pin::pin!(reader.read_multi(0).with_cancel(cancel.clone()));
+    loop {
+        match received.next().await {
+            Some(Ok(buf)) => {
+                let buf = RecvBuf::new(buf);
+                if held.is_empty() && session.credit(id) >= buf.len() {
+                    metrics.bytes_to_agent(buf.len() as u64);
+                    if session.send_received(id, buf).is_err() {
+                        return Burst::Gone;
+                    }
+                } else {
+                    held.push_back(buf);
+                }
+                if !paused && session.credit(id) < buffer_len {
+                    // Stop the receive; completions already on their way still come here.
+                    cancel.clone().cancel();
+                    paused = true;
+                }
+            }
+            Some(Err(e)) if e.is_cancelled() => cancelled = true,
+            // compio reports the kernel's ENOBUFS as `ResourceBusy`.
+            Some(Err(e))
+                if e.kind() == std::io::ErrorKind::ResourceBusy
+                    || e.raw_os_error() == Some(libc::ENOBUFS) =>
+            {
+                return if paused {
+                    Burst::Paused
+                } else {
+                    Burst::RingEmpty
+                };
+            }
+            Some(Err(e)) => return Burst::Failed(e),
+            // The stream ends at end of file, or after the cancellation took effect.
+            None if paused && cancelled => return Burst::Paused,
+            None => return Burst::Eof,
         }
     }
 }

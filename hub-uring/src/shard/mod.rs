@@ -14,6 +14,7 @@ mod client;
 mod listen;
 mod mesh;
 mod pool;
+pub(crate) mod ring;
 mod session;
 mod transport;
 mod tunnel;
@@ -69,6 +70,9 @@ pub(crate) struct ShardCtx {
     pub(crate) shared: Arc<Shared>,
     pub(crate) listeners: Vec<ListenerInfo>,
     pub(crate) pool: BufferPool,
+    /// Bytes each buffer of the provided-buffer ring receives, when the shard runs on
+    /// io_uring and client receives use the ring; `None` under epoll.
+    pub(crate) recv_ring: Option<usize>,
     pub(crate) metrics: ShardMetrics,
     /// This shard's sending ends of the hand-off rings, by destination shard.
     outbound: RefCell<Vec<Option<rtrb::Producer<mesh::Handoff>>>>,
@@ -332,7 +336,11 @@ fn shard_thread(
     ends: mesh::Ends,
     ready: std::sync::mpsc::Sender<Result<(), String>>,
 ) {
-    let rt = match crate::runtime::build(shared.config.hub.driver) {
+    let ring = crate::runtime::RecvRing {
+        buffers: shared.config.hub.recv_buffers.min(u32::from(u16::MAX)) as u16,
+        buffer_len: recv_ring_buffer_len(&shared.config.limits),
+    };
+    let rt = match crate::runtime::build(shared.config.hub.driver, ring) {
         Ok(rt) => rt,
         Err(e) => {
             let _ = ready.send(Err(format!(
@@ -361,6 +369,7 @@ fn shard_thread(
         shared,
         listeners,
         pool: BufferPool::new(frame_payload, 4096),
+        recv_ring: (rt.driver == "io_uring").then_some(ring.buffer_len),
         metrics,
         outbound: RefCell::new(ends.outbound),
         origin: Instant::now(),
@@ -370,6 +379,12 @@ fn shard_thread(
     });
     rt.runtime
         .block_on(shard_main(ctx, sockets, ends.inbound, ready));
+}
+
+/// Bytes each receive-ring buffer holds: a whole frame's payload, at most 64 KiB. Never more
+/// than a frame or a window, so a full buffer always fits the credit a stream can have.
+fn recv_ring_buffer_len(limits: &nowconnect_core::config::LimitsConfig) -> usize {
+    (limits.max_frame_bytes.min(limits.stream_window_bytes) as usize).min(64 * 1024)
 }
 
 /// Serves clients handed over by other shards: drains every inbound ring per wake-up.
@@ -482,6 +497,10 @@ async fn shard_main(
         ctx.shared.health.tick(ctx.index);
         let (size, in_use) = ctx.pool.usage();
         ctx.metrics.set_buffer_pool(size, in_use);
+        if ctx.recv_ring.is_some() {
+            let size = u64::from(ctx.shared.config.hub.recv_buffers).next_power_of_two();
+            ctx.metrics.set_recv_ring(size, ring::taken());
+        }
         let tick = compio::time::sleep(Duration::from_millis(500));
         let closed =
             match futures_util::future::select(Box::pin(tick), Box::pin(drain.changed())).await {

@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use compio::buf::{IntoInner, IoBuf};
+use compio::buf::IoBuf;
 use nowconnect_core::frame::{FrameDecoder, RstCode, StreamId};
 use nowconnect_core::heartbeat::{Heartbeat, HeartbeatAction};
 use nowconnect_core::name::ConnectorName;
@@ -22,6 +22,7 @@ use nowconnect_core::ws::{self, CloseCode};
 use tokio::sync::Notify;
 
 use super::pool::HEADROOM;
+use super::ring::RecvBuf;
 use super::transport::Conn;
 use super::{ShardCtx, now_unix};
 use crate::metrics::{CloseReason, ConnectorMetrics};
@@ -91,11 +92,26 @@ impl Drop for Slot {
     }
 }
 
-/// An outgoing WebSocket message: `buf[start..]` is sent.
-struct OutBuf {
-    buf: Vec<u8>,
-    start: usize,
-    pooled: bool,
+/// An outgoing WebSocket message.
+enum OutBuf {
+    /// `buf[start..]` is sent; a pooled buffer goes back to the shard's pool afterwards.
+    Vec {
+        buf: Vec<u8>,
+        start: usize,
+        pooled: bool,
+    },
+    /// Client bytes received into the shard's ring, the headers written in front of them.
+    /// The buffer returns to the ring when this is dropped.
+    Ring(RecvBuf),
+}
+
+impl IoBuf for OutBuf {
+    fn as_init(&self) -> &[u8] {
+        match self {
+            OutBuf::Vec { buf, start, .. } => &buf[*start..],
+            OutBuf::Ring(buf) => buf.as_init(),
+        }
+    }
 }
 
 /// Why a session ended, for the close frame and the log.
@@ -215,15 +231,38 @@ impl SessionCtx {
         mut buf: Vec<u8>,
         len: usize,
     ) -> Result<(), SendError> {
+        buf.truncate(HEADROOM + len);
+        let start = self.seal(id, &mut buf, len)?;
+        self.push_out(OutBuf::Vec {
+            buf,
+            start,
+            pooled: true,
+        });
+        Ok(())
+    }
+
+    /// Sends the bytes a ring buffer received as one DATA frame in one WebSocket message,
+    /// without copying them. The caller checked [`SessionCtx::credit`].
+    pub(crate) fn send_received(&self, id: StreamId, mut buf: RecvBuf) -> Result<(), SendError> {
+        let len = buf.len();
+        let start = self.seal(id, buf.frame_mut(), len)?;
+        buf.set_start(start);
+        self.push_out(OutBuf::Ring(buf));
+        Ok(())
+    }
+
+    /// Writes the DATA frame header and the WebSocket header in front of the `len` bytes at
+    /// `msg[HEADROOM..]`; returns where the message starts.
+    fn seal(&self, id: StreamId, msg: &mut [u8], len: usize) -> Result<usize, SendError> {
         self.flush_transmit();
         let now = self.shard.now();
         let frame_start = self
             .core
             .borrow_mut()
-            .seal_data(now, id, &mut buf, HEADROOM, len)?;
+            .seal_data(now, id, msg, HEADROOM, len)?;
         let payload_len = (HEADROOM - frame_start + len) as u64;
-        let start = ws::encode_header_before(
-            &mut buf,
+        ws::encode_header_before(
+            msg,
             frame_start,
             true,
             ws::Opcode::Binary,
@@ -235,14 +274,7 @@ impl SessionCtx {
                 needed: e.needed,
                 available: e.available,
             })
-        })?;
-        buf.truncate(HEADROOM + len);
-        self.push_out(OutBuf {
-            buf,
-            start,
-            pooled: true,
-        });
-        Ok(())
+        })
     }
 
     /// The client finished sending.
@@ -315,7 +347,7 @@ impl SessionCtx {
         msg.extend_from_slice(pending);
         core.clear_transmit();
         drop(core);
-        self.push_out(OutBuf {
+        self.push_out(OutBuf::Vec {
             buf: msg,
             start: 0,
             pooled: true,
@@ -325,7 +357,7 @@ impl SessionCtx {
     fn push_control(&self, opcode: ws::Opcode, payload: &[u8]) {
         let mut msg = Vec::with_capacity(ws::MAX_HEADER_LEN + payload.len());
         ws::encode_frame(&mut msg, true, opcode, payload, None);
-        self.push_out(OutBuf {
+        self.push_out(OutBuf::Vec {
             buf: msg,
             start: 0,
             pooled: false,
@@ -375,7 +407,7 @@ impl SessionCtx {
         }
         let mut close = Vec::new();
         ws::encode_close(&mut close, ending.code, ending.reason, None);
-        self.push_out(OutBuf {
+        self.push_out(OutBuf::Vec {
             buf: close,
             start: 0,
             pooled: false,
@@ -592,15 +624,13 @@ impl SessionCtx {
     }
 
     async fn write_loop(self: Rc<Self>, mut writer: Conn) {
-        let mut batch: Vec<compio::buf::Slice<Vec<u8>>> = Vec::new();
-        let mut pooled: Vec<bool> = Vec::new();
+        let mut batch: Vec<OutBuf> = Vec::new();
         loop {
             {
                 let mut out = self.out.borrow_mut();
                 // Batch what is queued into one vectored write.
                 while let Some(o) = out.pop_front() {
-                    batch.push(o.buf.slice(o.start..));
-                    pooled.push(o.pooled);
+                    batch.push(o);
                     if batch.len() >= 64 {
                         break;
                     }
@@ -615,9 +645,12 @@ impl SessionCtx {
                 continue;
             }
             let (result, mut returned) = writer.write_batch(std::mem::take(&mut batch)).await;
-            for (slice, was_pooled) in returned.drain(..).zip(pooled.drain(..)) {
-                if was_pooled {
-                    self.shard.pool.give(slice.into_inner());
+            for out in returned.drain(..) {
+                if let OutBuf::Vec {
+                    buf, pooled: true, ..
+                } = out
+                {
+                    self.shard.pool.give(buf);
                 }
             }
             // Keep the batch's allocation for the next round.

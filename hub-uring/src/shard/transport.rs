@@ -254,10 +254,10 @@ impl Conn {
     }
 
     /// Writes several buffers in order, vectored on plain TCP.
-    pub(crate) async fn write_batch(
+    pub(crate) async fn write_batch<T: compio::buf::IoBuf>(
         &mut self,
-        bufs: Vec<compio::buf::Slice<Vec<u8>>>,
-    ) -> (io::Result<()>, Vec<compio::buf::Slice<Vec<u8>>>) {
+        bufs: Vec<T>,
+    ) -> (io::Result<()>, Vec<T>) {
         match self.tls.clone() {
             None => {
                 let BufResult(result, bufs) = self.tcp.write_vectored_all(bufs).await;
@@ -265,7 +265,7 @@ impl Conn {
             }
             Some(tls) => {
                 for b in &bufs {
-                    if let Err(e) = self.seal_all(&tls, b).await {
+                    if let Err(e) = self.seal_all(&tls, b.as_init()).await {
                         return (Err(e), bufs);
                     }
                 }
