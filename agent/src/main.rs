@@ -100,9 +100,15 @@ fn main() -> ExitCode {
     };
     init_logging(&config);
 
-    let needs_tls = config.hub_urls.iter().any(|url| url.is_tls()) || config.ca_file.is_some();
+    let needs_tls = config.hub_urls.iter().any(|url| url.is_tls())
+        || config.ca_file.is_some()
+        || config.client_cert.is_some();
     let tls = if needs_tls {
-        match tls::client_config(config.ca_file.as_deref()) {
+        let client_cert = config
+            .client_cert
+            .as_deref()
+            .zip(config.client_key.as_deref());
+        match tls::client_config(config.ca_file.as_deref(), client_cert) {
             Ok(tls) => Some(tls),
             Err(err) => {
                 eprintln!("nowconnect-agent: {err}");
@@ -131,11 +137,6 @@ fn main() -> ExitCode {
 
 /// Refuses options this version cannot honour, rather than silently ignoring them.
 fn check_supported(config: &AgentConfig) -> Result<(), &'static str> {
-    if config.client_cert.is_some() || config.client_key.is_some() {
-        return Err(
-            "client_cert/client_key (NC_CLIENT_CERT, NC_CLIENT_KEY) are set, but this version does not support TLS client certificates; unset them",
-        );
-    }
     if config.dpop_key_file.is_some() {
         return Err(
             "dpop_key_file (NC_DPOP_KEY_FILE) is set, but this version does not support DPoP proofs; unset it",
@@ -301,6 +302,13 @@ mod tests {
     fn supported_options_pass() {
         assert!(check_supported(&config(&[("NC_CA_FILE", "/etc/ca.pem")])).is_ok());
         assert!(check_supported(&config(&[("NC_TRUST_ENV", "true")])).is_ok());
+        assert!(
+            check_supported(&config(&[
+                ("NC_CLIENT_CERT", "/c.pem"),
+                ("NC_CLIENT_KEY", "/k.pem"),
+            ]))
+            .is_ok()
+        );
     }
 
     #[test]
@@ -310,12 +318,6 @@ mod tests {
             let err = check_supported(&config(&[(key, value)])).unwrap_err();
             assert!(err.contains(named), "{err}");
         }
-        let err = check_supported(&config(&[
-            ("NC_CLIENT_CERT", "/c.pem"),
-            ("NC_CLIENT_KEY", "/k.pem"),
-        ]))
-        .unwrap_err();
-        assert!(err.contains("NC_CLIENT_CERT"), "{err}");
     }
 
     #[test]

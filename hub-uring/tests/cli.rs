@@ -52,3 +52,27 @@ fn a_missing_file_is_named() {
     assert_eq!(code, 2);
     assert!(stderr.contains("/nonexistent/hub.yaml"), "{stderr}");
 }
+
+#[test]
+fn security_settings_not_enforced_yet_are_refused() {
+    let dir = TempDir::new("cli");
+    let path = dir.path("hub.yaml");
+    let base = "security: { jwks_url: https://idp.test/jwks, audience: nc";
+    for (extra, key) in [
+        (
+            ", require_connector_scopes: true }\n",
+            "security.require_connector_scopes",
+        ),
+        (", dpop: { required: true } }\n", "security.dpop.required"),
+        (" }\npdp: { url: \"http://127.0.0.1:8594\" }\n", "pdp"),
+    ] {
+        std::fs::write(&path, format!("{base}{extra}")).unwrap();
+        let (ok, code, stderr) = check(&path);
+        assert!(!ok, "{key} accepted");
+        assert_eq!(code, 2);
+        assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+        assert!(stderr.contains(&format!("{key}: not enforced")), "{stderr}");
+    }
+    std::fs::write(&path, format!("{base} }}\n")).unwrap();
+    assert!(check(&path).0, "the same file without them passes");
+}

@@ -159,8 +159,14 @@ impl SigningKey {
 
     /// A token for `agent_id` with token id `jti` that expires at `exp` (Unix seconds).
     pub fn token_expiring(&self, agent_id: &str, jti: &str, exp: u64) -> String {
+        self.token_with(agent_id, jti, exp, serde_json::json!({}))
+    }
+
+    /// A token like [`SigningKey::token_expiring`] with the members of `extra` added to its
+    /// claims (for instance a `cnf` binding).
+    pub fn token_with(&self, agent_id: &str, jti: &str, exp: u64, extra: Value) -> String {
         let now = now_unix();
-        let claims = serde_json::json!({
+        let mut claims = serde_json::json!({
             "iss": ISSUER,
             "aud": AUDIENCE,
             "sub": agent_id,
@@ -170,6 +176,9 @@ impl SigningKey {
             "exp": exp,
             "jti": jti,
         });
+        if let (Some(claims), Value::Object(extra)) = (claims.as_object_mut(), extra) {
+            claims.extend(extra);
+        }
         let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
         header.kid = Some(self.kid.clone());
         jsonwebtoken::encode(&header, &claims, &self.encoding).unwrap()
@@ -398,6 +407,10 @@ pub struct HubConfig {
     /// The certificate chain and key files (PEM) when the hub terminates TLS on its tunnel
     /// listener itself.
     pub tls: Option<(PathBuf, PathBuf)>,
+    /// More keys of `tunnel.tls` (YAML flow-mapping entries), such as `client_auth: required`.
+    pub tls_extra: String,
+    /// More keys of `security` (YAML flow-mapping entries).
+    pub security_extra: String,
 }
 
 /// The I/O driver the hub runs with: `NOWCONNECT_TEST_DRIVER`, or `auto`.
@@ -418,6 +431,8 @@ impl HubConfig {
             jwks: jwks.to_owned(),
             limits: String::new(),
             tls: None,
+            tls_extra: String::new(),
+            security_extra: String::new(),
         }
     }
 
@@ -432,10 +447,12 @@ impl HubConfig {
         match &self.tls {
             None => out.push_str(&format!("tunnel: {{ listen: \"{}\" }}\n", self.tunnel)),
             Some((cert, key)) => out.push_str(&format!(
-                "tunnel: {{ listen: \"{}\", tls: {{ cert_file: \"{}\", key_file: \"{}\" }} }}\n",
+                "tunnel: {{ listen: \"{}\", tls: {{ cert_file: \"{}\", key_file: \"{}\"{}{} }} }}\n",
                 self.tunnel,
                 cert.display(),
-                key.display()
+                key.display(),
+                if self.tls_extra.is_empty() { "" } else { ", " },
+                self.tls_extra,
             )),
         }
         out.push_str(&format!("admin: {{ listen: \"{}\" }}\n", self.admin));
@@ -446,8 +463,10 @@ impl HubConfig {
             ));
         }
         out.push_str(&format!(
-            "security: {{ jwks_url: \"file://{}\", audience: {AUDIENCE}, issuer: \"{ISSUER}\" }}\n",
-            self.jwks.display()
+            "security: {{ jwks_url: \"file://{}\", audience: {AUDIENCE}, issuer: \"{ISSUER}\"{}{} }}\n",
+            self.jwks.display(),
+            if self.security_extra.is_empty() { "" } else { ", " },
+            self.security_extra,
         ));
         out.push_str(&format!("limits: {{ {} }}\n", self.limits));
         out.push_str("logging: { format: json, level: debug }\n");
@@ -918,6 +937,11 @@ pub fn payload(seed: u64, len: usize) -> Vec<u8> {
 }
 
 /// SHA-256 of `bytes`, in hex.
+/// The RFC 8705 thumbprint of a DER certificate (`cnf.x5t#S256`): base64url SHA-256.
+pub fn x5t_s256(der: &[u8]) -> String {
+    URL_SAFE_NO_PAD.encode(digest::digest(&digest::SHA256, der))
+}
+
 pub fn sha256(bytes: &[u8]) -> String {
     digest::digest(&digest::SHA256, bytes)
         .as_ref()

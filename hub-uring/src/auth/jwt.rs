@@ -54,6 +54,42 @@ pub struct Identity {
     /// The granted scopes: the space-separated `scope` claim, or else the `scp` claim (an
     /// array of strings, or a space-separated string).
     pub scopes: Vec<String>,
+    /// What the token is bound to (`cnf`, RFC 7800).
+    pub binding: Binding,
+}
+
+/// The key a token is bound to by its `cnf` claim (RFC 7800 §3.1).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum Binding {
+    /// No `cnf`: a bearer token.
+    #[default]
+    None,
+    /// `cnf.x5t#S256`: base64url SHA-256 of the agent's TLS client certificate (RFC 8705 §3.1).
+    Certificate(String),
+    /// `cnf.jkt`: the JWK thumbprint of the agent's DPoP key (RFC 9449 §6.1).
+    DpopKey(String),
+}
+
+/// Why a token's binding does not hold on this connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum BindingFailure {
+    /// A certificate-bound token on a connection without a client certificate.
+    #[error("the token is bound to a client certificate (cnf.x5t#S256) and none was presented")]
+    NoCertificate,
+    /// A certificate-bound token with another certificate than the one presented.
+    #[error("the token is bound to another client certificate than the one presented")]
+    OtherCertificate,
+    /// A token bound to a DPoP key, presented with the Bearer scheme.
+    #[error("the token is bound to a DPoP key (cnf.jkt) and was presented as Bearer")]
+    DpopAsBearer,
+    /// An unbound token where `security.mtls.require_bound_tokens` asks for bound ones.
+    #[error("the token is not bound to a client certificate (security.mtls.require_bound_tokens)")]
+    Unbound,
+}
+
+/// The RFC 8705 §3.1 thumbprint of a DER certificate: base64url SHA-256, unpadded.
+pub fn certificate_thumbprint(der: &[u8]) -> String {
+    URL_SAFE_NO_PAD.encode(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, der))
 }
 
 /// Why a token was refused. [`Display`](fmt::Display) says exactly why, for the log; the
@@ -128,6 +164,9 @@ pub enum AuthFailure {
     /// No key set has been loaded yet (the identity provider was never reached).
     #[error("no JWKS loaded yet")]
     JwksUnavailable,
+    /// The token's `cnf` binding does not hold on this connection.
+    #[error("binding refused: {0}")]
+    Binding(BindingFailure),
 }
 
 impl AuthFailure {
@@ -147,6 +186,11 @@ impl AuthFailure {
             AuthFailure::Issuer(_) => "issuer",
             AuthFailure::AgentId(_) => "agent_id",
             AuthFailure::JwksUnavailable => "jwks_unavailable",
+            AuthFailure::Binding(
+                BindingFailure::NoCertificate | BindingFailure::OtherCertificate,
+            ) => "cert_binding",
+            AuthFailure::Binding(BindingFailure::DpopAsBearer) => "dpop_binding",
+            AuthFailure::Binding(BindingFailure::Unbound) => "unbound_token",
         }
     }
 
@@ -174,6 +218,8 @@ struct Inner {
     /// `None` when the configuration has none (not validated): every token is refused.
     audience: Option<String>,
     issuer: Option<String>,
+    /// `security.mtls.require_bound_tokens`.
+    require_bound_tokens: bool,
     store: JwksStore,
 }
 
@@ -196,6 +242,7 @@ impl Authenticator {
             inner: Arc::new(Inner {
                 audience: non_empty(&security.audience),
                 issuer: non_empty(&security.issuer),
+                require_bound_tokens: security.mtls.require_bound_tokens,
                 store,
             }),
         }
@@ -225,6 +272,29 @@ impl Authenticator {
                 self.check(&parsed, &keys, now_unix)
             }
             other => other,
+        }
+    }
+
+    /// Checks that a token accepted by [`verify`](Self::verify) may be used on this
+    /// connection: a certificate-bound token needs the very certificate it names
+    /// (`certificate` is the DER of the agent's TLS client certificate, if it sent one), a
+    /// DPoP-bound token is refused with the Bearer scheme, and with
+    /// `security.mtls.require_bound_tokens` an unbound token is refused.
+    pub fn check_binding(
+        &self,
+        identity: &Identity,
+        certificate: Option<&[u8]>,
+    ) -> Result<(), AuthFailure> {
+        let fail = |why| Err(AuthFailure::Binding(why));
+        match &identity.binding {
+            Binding::DpopKey(_) => fail(BindingFailure::DpopAsBearer),
+            Binding::Certificate(expected) => match certificate {
+                None => fail(BindingFailure::NoCertificate),
+                Some(der) if certificate_thumbprint(der) == *expected => Ok(()),
+                Some(_) => fail(BindingFailure::OtherCertificate),
+            },
+            Binding::None if self.inner.require_bound_tokens => fail(BindingFailure::Unbound),
+            Binding::None => Ok(()),
         }
     }
 
@@ -301,6 +371,7 @@ impl Authenticator {
             issuer: string("iss"),
             client_id: string("client_id").or_else(|| string("azp")),
             scopes: scopes(claims),
+            binding: binding(claims.get("cnf"))?,
         })
     }
 
@@ -521,6 +592,39 @@ fn scopes(claims: &Map<String, Value>) -> Vec<String> {
             .map(str::to_owned)
             .collect(),
         _ => Vec::new(),
+    }
+}
+
+/// The confirmation method of `cnf` (RFC 7800 §3.1). A `cnf` naming no method this hub can
+/// check (only `jwk`, `jwe`, `kid`, …) is refused: accepting it as a bearer token would void
+/// the binding the issuer asked for.
+fn binding(cnf: Option<&Value>) -> Result<Binding, AuthFailure> {
+    let fail = |problem| {
+        Err(AuthFailure::Claim {
+            claim: "cnf",
+            problem,
+        })
+    };
+    let Some(cnf) = cnf else {
+        return Ok(Binding::None);
+    };
+    let Value::Object(cnf) = cnf else {
+        return fail("is not an object");
+    };
+    // A SHA-256 thumbprint is 43 base64url characters; allow some slack, refuse junk.
+    let thumbprint = |name: &str| match cnf.get(name) {
+        None => Ok(None),
+        Some(Value::String(t)) if (1..=128).contains(&t.len()) => Ok(Some(t.clone())),
+        Some(_) => Err(AuthFailure::Claim {
+            claim: "cnf",
+            problem: "a thumbprint is not a string of 1 to 128 characters",
+        }),
+    };
+    match (thumbprint("x5t#S256")?, thumbprint("jkt")?) {
+        (Some(_), Some(_)) => fail("binds both a certificate and a DPoP key"),
+        (Some(cert), None) => Ok(Binding::Certificate(cert)),
+        (None, Some(key)) => Ok(Binding::DpopKey(key)),
+        (None, None) => fail("names no confirmation method the hub checks (x5t#S256 or jkt)"),
     }
 }
 

@@ -15,7 +15,10 @@ mod jwt;
 pub use jwks::{
     FetchError, JwksStore, KeySet, MAX_JWKS_BYTES, RefreshRequests, SUPPORTED_ALGORITHMS, refresher,
 };
-pub use jwt::{AuthFailure, Authenticator, Identity, LEEWAY_SECS, MAX_TOKEN_BYTES};
+pub use jwt::{
+    AuthFailure, Authenticator, Binding, BindingFailure, Identity, LEEWAY_SECS, MAX_TOKEN_BYTES,
+    certificate_thumbprint,
+};
 
 #[cfg(test)]
 mod tests;

@@ -19,14 +19,9 @@ use rustls::ServerConfig;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
-/// Builds the TLS configuration of the tunnel listener from the cert and key files.
+/// Builds the TLS configuration of the tunnel listener from the cert and key files, asking
+/// agents for a client certificate when `client_auth` says so.
 pub(crate) fn server_config(tls: &TlsConfig) -> Result<Arc<ServerConfig>, String> {
-    if tls.client_auth != ClientAuth::None {
-        return Err(format!(
-            "tunnel.tls.client_auth: `{}` is not supported by this hub version, expected `none`",
-            tls.client_auth
-        ));
-    }
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&tls.cert_file)
         .and_then(|it| it.collect::<Result<_, _>>())
         .map_err(|e| format!("tunnel.tls.cert_file: `{}`: {e}", tls.cert_file.display()))?;
@@ -39,13 +34,98 @@ pub(crate) fn server_config(tls: &TlsConfig) -> Result<Arc<ServerConfig>, String
     let key = PrivateKeyDer::from_pem_file(&tls.key_file)
         .map_err(|e| format!("tunnel.tls.key_file: `{}`: {e}", tls.key_file.display()))?;
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let config = ServerConfig::builder_with_provider(provider)
+    let builder = ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
-        .map_err(|e| format!("tunnel.tls: {e}"))?
-        .with_no_client_auth()
+        .map_err(|e| format!("tunnel.tls: {e}"))?;
+    let builder = match (tls.client_auth, &tls.client_ca_file) {
+        (ClientAuth::None, _) => builder.with_no_client_auth(),
+        (auth, Some(ca_file)) => {
+            let shown = ca_file.display();
+            let cas: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(ca_file)
+                .and_then(|it| it.collect::<Result<_, _>>())
+                .map_err(|e| format!("tunnel.tls.client_ca_file: `{shown}`: {e}"))?;
+            let mut roots = rustls::RootCertStore::empty();
+            let (added, _) = roots.add_parsable_certificates(cas);
+            if added == 0 {
+                return Err(format!(
+                    "tunnel.tls.client_ca_file: `{shown}` holds no usable CA certificate"
+                ));
+            }
+            let mut verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider,
+            );
+            if auth == ClientAuth::Optional {
+                verifier = verifier.allow_unauthenticated();
+            }
+            let verifier = verifier
+                .build()
+                .map_err(|e| format!("tunnel.tls.client_ca_file: `{shown}`: {e}"))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+        (auth, None) => builder.with_client_cert_verifier(Arc::new(BindingOnly {
+            algorithms: provider.signature_verification_algorithms,
+            mandatory: auth == ClientAuth::Required,
+        })),
+    };
+    let config = builder
         .with_single_cert(certs, key)
         .map_err(|e| format!("tunnel.tls.key_file: `{}`: {e}", tls.key_file.display()))?;
     Ok(Arc::new(config))
+}
+
+/// Client certificates without a CA: any certificate is accepted as long as the agent proves
+/// it holds the key (the handshake signature is verified); it is trusted only through a
+/// token bound to it (RFC 8705 `cnf.x5t#S256`), which the configuration then requires.
+#[derive(Debug)]
+struct BindingOnly {
+    algorithms: rustls::crypto::WebPkiSupportedAlgorithms,
+    mandatory: bool,
+}
+
+impl rustls::server::danger::ClientCertVerifier for BindingOnly {
+    fn offer_client_auth(&self) -> bool {
+        true
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        self.mandatory
+    }
+
+    fn root_hint_subjects(&self) -> &[rustls::DistinguishedName] {
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _now: rustls_pki_types::UnixTime,
+    ) -> Result<rustls::server::danger::ClientCertVerified, rustls::Error> {
+        Ok(rustls::server::danger::ClientCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.algorithms.supported_schemes()
+    }
 }
 
 /// Bytes read from the socket at a time.
@@ -96,6 +176,14 @@ impl Conn {
             cipher_pos: 0,
             cipher_out: Vec::new(),
         })
+    }
+
+    /// The DER of the client certificate the agent presented in the TLS handshake, if any.
+    pub(crate) fn peer_certificate(&self) -> Option<Vec<u8>> {
+        let tls = self.tls.as_ref()?.borrow();
+        tls.peer_certificates()?
+            .first()
+            .map(|c| c.as_ref().to_vec())
     }
 
     /// Completes the TLS handshake (nothing to do on plain TCP). Ciphertext that arrives

@@ -148,7 +148,15 @@ async fn establish(
                     return Err(http_refusal("path", 404, &[]));
                 }
                 let authorization = value.authorization;
-                let identity = match shared.auth.verify(authorization, now_unix()).await {
+                let certificate = stream.peer_certificate();
+                let verified = match shared.auth.verify(authorization, now_unix()).await {
+                    Ok(identity) => shared
+                        .auth
+                        .check_binding(&identity, certificate.as_deref())
+                        .map(|()| identity),
+                    Err(failure) => Err(failure),
+                };
+                let identity = match verified {
                     Ok(identity) => identity,
                     Err(failure) => {
                         shared.metrics.auth_failure(failure.reason());

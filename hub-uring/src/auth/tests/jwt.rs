@@ -7,7 +7,10 @@ use super::support::{
     AUDIENCE, ISSUER, NOW, TestKey, authenticator, b64, claims, claims_with, jwks, refused,
     security, store_without_refresher, verify,
 };
-use crate::auth::{AuthFailure, Authenticator, LEEWAY_SECS, MAX_TOKEN_BYTES};
+use crate::auth::{
+    AuthFailure, Authenticator, Binding, BindingFailure, LEEWAY_SECS, MAX_TOKEN_BYTES,
+    certificate_thumbprint,
+};
 
 #[tokio::test]
 async fn valid_token_fills_the_identity() {
@@ -423,6 +426,9 @@ fn every_reason_has_a_challenge() {
         AuthFailure::Issuer("x"),
         AuthFailure::AgentId("x"),
         AuthFailure::JwksUnavailable,
+        AuthFailure::Binding(BindingFailure::OtherCertificate),
+        AuthFailure::Binding(BindingFailure::DpopAsBearer),
+        AuthFailure::Binding(BindingFailure::Unbound),
     ];
     let mut reasons: Vec<&str> = failures.iter().map(AuthFailure::reason).collect();
     reasons.sort_unstable();
@@ -434,4 +440,74 @@ fn every_reason_has_a_challenge() {
             r#"Bearer error="invalid_token""#
         );
     }
+}
+
+#[tokio::test]
+async fn a_certificate_bound_token_needs_that_certificate() {
+    let key = TestKey::ec("k1");
+    let auth = authenticator(&[&key]);
+    let der = b"the agent's certificate, DER";
+    let thumbprint = certificate_thumbprint(der);
+    assert_eq!(thumbprint.len(), 43, "unpadded base64url of 32 bytes");
+    let token = key.sign(&claims_with("cnf", json!({ "x5t#S256": thumbprint })));
+    let identity = verify(&auth, &token).await.unwrap();
+    assert_eq!(identity.binding, Binding::Certificate(thumbprint));
+    auth.check_binding(&identity, Some(der)).unwrap();
+    let no_cert = auth.check_binding(&identity, None).unwrap_err();
+    assert_eq!(no_cert, AuthFailure::Binding(BindingFailure::NoCertificate));
+    assert_eq!(no_cert.reason(), "cert_binding");
+    let other = auth
+        .check_binding(&identity, Some(b"another certificate"))
+        .unwrap_err();
+    assert_eq!(
+        other,
+        AuthFailure::Binding(BindingFailure::OtherCertificate)
+    );
+}
+
+#[tokio::test]
+async fn a_dpop_bound_token_is_refused_as_bearer() {
+    let key = TestKey::ec("k1");
+    let auth = authenticator(&[&key]);
+    let token = key.sign(&claims_with(
+        "cnf",
+        json!({ "jkt": "0ZcOCORZNYy-DWpqq30jZyJGHTN0d2HglBV3uiguA4I" }),
+    ));
+    let identity = verify(&auth, &token).await.unwrap();
+    let failure = auth.check_binding(&identity, Some(b"cert")).unwrap_err();
+    assert_eq!(failure.reason(), "dpop_binding");
+}
+
+#[tokio::test]
+async fn unusable_cnf_claims_are_refused() {
+    let key = TestKey::ec("k1");
+    let auth = authenticator(&[&key]);
+    for cnf in [
+        json!("x5t"),
+        json!({}),
+        json!({ "jwk": { "kty": "EC" } }),
+        json!({ "x5t#S256": 7 }),
+        json!({ "x5t#S256": "" }),
+        json!({ "x5t#S256": "a".repeat(129) }),
+        json!({ "x5t#S256": "abc", "jkt": "def" }),
+    ] {
+        let token = key.sign(&claims_with("cnf", cnf.clone()));
+        assert_eq!(refused(&auth, &token).await, "claims", "{cnf}");
+    }
+}
+
+#[tokio::test]
+async fn require_bound_tokens_refuses_bearer_tokens() {
+    let key = TestKey::ec("k1");
+    let mut config = security();
+    config.mtls.require_bound_tokens = true;
+    let auth = Authenticator::new(&config, store_without_refresher(Some(&jwks(&[&key]))));
+    let unbound = verify(&auth, &key.sign(&claims())).await.unwrap();
+    assert_eq!(unbound.binding, Binding::None);
+    let failure = auth.check_binding(&unbound, Some(b"cert")).unwrap_err();
+    assert_eq!(failure.reason(), "unbound_token");
+    // Without the setting the same token is fine.
+    authenticator(&[&key])
+        .check_binding(&unbound, None)
+        .unwrap();
 }

@@ -1,0 +1,245 @@
+//! TLS client certificates between agent and hub: a hub that requires certificates from its
+//! CA, and certificate-bound tokens (RFC 8705 `cnf.x5t#S256`) with self-signed agent
+//! certificates trusted only through the binding.
+
+use std::path::PathBuf;
+
+use nowconnect_tests::*;
+use rcgen::{
+    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
+    KeyPair, KeyUsagePurpose,
+};
+use serde_json::json;
+
+/// A private CA, written to `dir/ca.pem`, with the hub's certificate for `localhost`.
+struct Pki {
+    ca: CertifiedIssuer<'static, KeyPair>,
+    ca_file: PathBuf,
+    hub_chain: PathBuf,
+    hub_key: PathBuf,
+}
+
+fn pki(dir: &TempDir) -> Pki {
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "NowConnect mTLS test CA");
+    ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
+    let params = CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let cert = params.signed_by(&key, &ca).unwrap();
+    let pki = Pki {
+        ca_file: dir.join("ca.pem"),
+        hub_chain: dir.join("hub.crt"),
+        hub_key: dir.join("hub.key"),
+        ca,
+    };
+    std::fs::write(&pki.ca_file, pki.ca.pem()).unwrap();
+    std::fs::write(&pki.hub_chain, cert.pem()).unwrap();
+    std::fs::write(&pki.hub_key, key.serialize_pem()).unwrap();
+    pki
+}
+
+/// An agent client certificate, signed by `ca` or self-signed, written to `dir` as
+/// `<name>.crt`/`<name>.key`; returns the two files and the certificate's DER.
+fn agent_cert(
+    dir: &TempDir,
+    name: &str,
+    ca: Option<&CertifiedIssuer<'static, KeyPair>>,
+) -> (PathBuf, PathBuf, Vec<u8>) {
+    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.distinguished_name.push(DnType::CommonName, name);
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    let key = KeyPair::generate().unwrap();
+    let cert = match ca {
+        Some(ca) => params.signed_by(&key, ca).unwrap(),
+        None => params.self_signed(&key).unwrap(),
+    };
+    let (cert_file, key_file) = (
+        dir.join(&format!("{name}.crt")),
+        dir.join(&format!("{name}.key")),
+    );
+    std::fs::write(&cert_file, cert.pem()).unwrap();
+    std::fs::write(&key_file, key.serialize_pem()).unwrap();
+    (cert_file, key_file, cert.der().to_vec())
+}
+
+/// A hub on TLS from `pki`, with `tls_extra` and `security_extra` added to its configuration.
+fn site(tag: &str, tls_extra: &str, security_extra: &str) -> (Site, Pki) {
+    let mut made = None;
+    let site = Site::start_with(tag, &["echo"], |config, dir| {
+        let pki = pki(dir);
+        config.tls = Some((pki.hub_chain.clone(), pki.hub_key.clone()));
+        config.tls_extra = tls_extra.replace("$CA", pki.ca_file.to_str().unwrap());
+        config.security_extra = security_extra.to_owned();
+        made = Some(pki);
+    });
+    (site, made.unwrap())
+}
+
+/// An agent of `site` over TLS trusting `pki`'s CA, presenting `cert` (chain and key files)
+/// when given and reading its token from `token` instead of the site's token file when given.
+fn tls_agent(
+    site: &Site,
+    pki: &Pki,
+    cert: Option<(&PathBuf, &PathBuf)>,
+    token: Option<&PathBuf>,
+) -> Agent {
+    let mut env = vec![("NC_CA_FILE", pki.ca_file.to_str().unwrap())];
+    if let Some((chain, key)) = cert {
+        env.push(("NC_CLIENT_CERT", chain.to_str().unwrap()));
+        env.push(("NC_CLIENT_KEY", key.to_str().unwrap()));
+    }
+    if let Some(token) = token {
+        env.push(("NC_TOKEN_FILE", token.to_str().unwrap()));
+    }
+    site.agent(
+        &site.hub.tls_url("localhost"),
+        &[("echo", echo_target())],
+        &env,
+    )
+}
+
+fn auth_failures(site: &Site, reason: &str) -> f64 {
+    site.hub
+        .metric(&format!(
+            "nowconnect_auth_failures_total{{reason=\"{reason}\"}}"
+        ))
+        .unwrap_or(0.0)
+}
+
+#[test]
+fn a_hub_requiring_certificates_serves_an_agent_with_one_from_its_ca() {
+    let (site, pki) = site(
+        "mtls-ca",
+        "client_auth: required, client_ca_file: \"$CA\"",
+        "",
+    );
+    let (cert, key, _) = agent_cert(&site.dir, "agent", Some(&pki.ca));
+    let agent = tls_agent(&site, &pki, Some((&cert, &key)), None);
+    site.hub.wait_sessions(AGENT_ID, 1);
+    agent.wait_ready();
+    let data = payload(5, 1 << 20);
+    let back = exchange(site.hub.listener("echo"), &data).expect("echo over mutual TLS");
+    assert_eq!(sha256(&back), sha256(&data));
+}
+
+#[test]
+fn a_hub_requiring_certificates_refuses_agents_without_one_or_with_a_foreign_one() {
+    let (site, pki) = site(
+        "mtls-refused",
+        "client_auth: required, client_ca_file: \"$CA\"",
+        "",
+    );
+    let (cert, key, _) = agent_cert(&site.dir, "stranger", None);
+    let bare = tls_agent(&site, &pki, None, None);
+    let foreign = tls_agent(&site, &pki, Some((&cert, &key)), None);
+    // Each side names the problem: no certificate, or one from an unknown issuer.
+    for (agent, alert) in [(&bare, "CertificateRequired"), (&foreign, "UnknownCA")] {
+        let failed = agent.proc.wait_log(0, WAIT, |l| {
+            log_message(l) == Some("connect failed")
+                && log_field(l, "error")
+                    .and_then(serde_json::Value::as_str)
+                    .is_some_and(|e| e.contains(alert))
+        });
+        assert!(failed.is_some(), "the agent reports {alert}");
+    }
+    for problem in ["peer sent no certificates", "UnknownIssuer"] {
+        let logged = site.hub.proc.wait_log(0, WAIT, |l| {
+            log_message(l) == Some("agent connection refused: TLS handshake failed")
+                && log_field(l, "error")
+                    .and_then(serde_json::Value::as_str)
+                    .is_some_and(|e| e.contains(problem))
+        });
+        assert!(logged.is_some(), "the hub logs {problem:?}");
+    }
+    let refused = poll_until(WAIT, || {
+        site.hub
+            .proc
+            .count_log("agent connection refused: TLS handshake failed")
+            >= 2
+    });
+    assert!(refused, "the hub logs both refused handshakes");
+    assert_eq!(
+        bare.sessions_established() + foreign.sessions_established(),
+        0
+    );
+}
+
+#[test]
+fn a_certificate_bound_token_works_only_with_its_certificate() {
+    let (site, pki) = site(
+        "mtls-bound",
+        "client_auth: optional",
+        "mtls: { require_bound_tokens: true }",
+    );
+    // Self-signed certificates: the hub trusts them only through the token's binding.
+    let (cert_a, key_a, der_a) = agent_cert(&site.dir, "agent-a", None);
+    let (cert_b, key_b, _) = agent_cert(&site.dir, "agent-b", None);
+    let bound = site.dir.join("bound-token");
+    write_atomically(
+        &bound,
+        site.key
+            .token_with(
+                AGENT_ID,
+                "jti-bound",
+                now_unix() + 3600,
+                json!({ "cnf": { "x5t#S256": x5t_s256(&der_a) } }),
+            )
+            .as_bytes(),
+    );
+
+    // The bound token with its own certificate: a session, and traffic flows.
+    let good = tls_agent(&site, &pki, Some((&cert_a, &key_a)), Some(&bound));
+    site.hub.wait_sessions(AGENT_ID, 1);
+    good.wait_ready();
+    let data = payload(9, 256 << 10);
+    let back = exchange(site.hub.listener("echo"), &data).expect("echo with a bound token");
+    assert_eq!(sha256(&back), sha256(&data));
+    drop(good);
+
+    // The same token with another certificate, and without any: refused.
+    let other = tls_agent(&site, &pki, Some((&cert_b, &key_b)), Some(&bound));
+    let none = tls_agent(&site, &pki, None, Some(&bound));
+    // An unbound token with a certificate: refused, since bound tokens are required.
+    let unbound = tls_agent(&site, &pki, Some((&cert_a, &key_a)), None);
+    let counted = poll_until(WAIT, || {
+        auth_failures(&site, "cert_binding") >= 2.0 && auth_failures(&site, "unbound_token") >= 1.0
+    });
+    assert!(
+        counted,
+        "cert_binding {} unbound_token {}",
+        auth_failures(&site, "cert_binding"),
+        auth_failures(&site, "unbound_token")
+    );
+    for refused in [&other, &none, &unbound] {
+        assert_eq!(
+            refused.sessions_established(),
+            0,
+            "a refused agent got a session"
+        );
+    }
+}
+
+#[test]
+fn a_certificate_bound_token_is_refused_on_a_plain_tunnel() {
+    let site = Site::start("mtls-plain", &["echo"]);
+    let (_, _, der) = agent_cert(&site.dir, "agent", None);
+    write_atomically(
+        &site.token_file,
+        site.key
+            .token_with(
+                AGENT_ID,
+                "jti-1",
+                now_unix() + 3600,
+                json!({ "cnf": { "x5t#S256": x5t_s256(&der) } }),
+            )
+            .as_bytes(),
+    );
+    let agent = site.agent(&site.hub.url(), &[("echo", echo_target())], &[]);
+    let counted = poll_until(WAIT, || auth_failures(&site, "cert_binding") >= 1.0);
+    assert!(counted, "the bound token without a certificate is counted");
+    assert_eq!(agent.sessions_established(), 0);
+}
