@@ -25,6 +25,7 @@ mod demo;
 mod latency;
 mod net;
 mod pattern;
+mod stack;
 mod stats;
 mod target;
 mod throughput;
@@ -153,6 +154,38 @@ enum Cmd {
         #[arg(long, value_name = "FILE")]
         json: Option<PathBuf>,
     },
+    /// Start a hub and an agent on loopback in front of your targets, and keep them running.
+    ///
+    /// Generates development credentials, starts nowconnect-hub with one listener per
+    /// --target and nowconnect-agent serving them, waits until the agent is ready, then
+    /// prints one JSON line: the hub's and agent's process ids, the tunnel and admin
+    /// addresses, each connector's hub listener and the directory with the logs. Runs until
+    /// SIGINT or SIGTERM, then stops both. Point any scenario at a listener to measure the
+    /// tunnel, and at the target itself for the direct baseline.
+    Stack {
+        /// Directory holding nowconnect-hub and nowconnect-agent [default: this executable's
+        /// directory].
+        #[arg(long, value_name = "DIR")]
+        bin_dir: Option<PathBuf>,
+        /// A connector and the target the agent dials for it; repeat for more.
+        #[arg(long = "target", value_name = "NAME=HOST:PORT", required = true)]
+        targets: Vec<String>,
+        /// The hub's I/O driver.
+        #[arg(long, value_enum, default_value_t = stack::Driver::Auto)]
+        driver: stack::Driver,
+        /// Hub shards [default: one per core].
+        #[arg(long, value_name = "N")]
+        shards: Option<u32>,
+        /// Agent sessions [default: one per hub shard].
+        #[arg(long, value_name = "N")]
+        lanes: Option<u32>,
+        /// The hub's limits.idle_timeout_ms.
+        #[arg(long, value_name = "MS")]
+        idle_timeout_ms: Option<u64>,
+        /// The hub's limits.sweep_interval_ms.
+        #[arg(long, value_name = "MS")]
+        sweep_interval_ms: Option<u64>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -252,6 +285,52 @@ async fn run(cmd: Cmd) -> Result<ExitCode, String> {
                 ExitCode::FAILURE
             })
         }
+        Cmd::Stack {
+            bin_dir,
+            targets,
+            driver,
+            shards,
+            lanes,
+            idle_timeout_ms,
+            sweep_interval_ms,
+        } => {
+            let mut parsed = Vec::new();
+            for spec in &targets {
+                let (name, addr) = spec.split_once('=').ok_or_else(|| {
+                    format!("--target {spec}: expected NAME=HOST:PORT, such as echo=127.0.0.1:7000")
+                })?;
+                parsed.push((name.to_owned(), net::resolve(addr).await?));
+            }
+            let limits = [
+                ("idle_timeout_ms", idle_timeout_ms),
+                ("sweep_interval_ms", sweep_interval_ms),
+            ]
+            .into_iter()
+            .filter_map(|(k, v)| Some((k.to_owned(), v?)))
+            .collect();
+            let mut stack = stack::Stack::start(&stack::StackOptions {
+                bin_dir,
+                driver,
+                shards,
+                lanes,
+                targets: parsed,
+                limits,
+            })
+            .await?;
+            let line = serde_json::to_string(&stack.info()).map_err(|e| e.to_string())?;
+            println!("{line}");
+            wait_for_stop_signal().await?;
+            let failures = stack.stop().await;
+            for f in &failures {
+                eprintln!("nowconnect-loadgen: {f}");
+            }
+            Ok(if failures.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                stack.keep();
+                ExitCode::FAILURE
+            })
+        }
         Cmd::Demo {
             bin_dir,
             seconds,
@@ -275,6 +354,18 @@ async fn run(cmd: Cmd) -> Result<ExitCode, String> {
             }
         }
     }
+}
+
+/// Waits for SIGINT or SIGTERM.
+async fn wait_for_stop_signal() -> Result<(), String> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).map_err(|e| format!("SIGTERM: {e}"))?;
+    let mut int = signal(SignalKind::interrupt()).map_err(|e| format!("SIGINT: {e}"))?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    Ok(())
 }
 
 /// Writes `value` as pretty JSON to `path`, when given.
