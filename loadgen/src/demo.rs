@@ -289,6 +289,7 @@ async fn phase_latency(
         rate: LATENCY_RATE,
         duration: phase,
         size: LATENCY_SIZE,
+        reply_size: None,
     })
     .await
     {

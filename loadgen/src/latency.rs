@@ -34,6 +34,9 @@ pub(crate) struct Options {
     pub(crate) duration: Duration,
     /// Bytes per request (and per response).
     pub(crate) size: usize,
+    /// Against an `rr` target: bytes per reply, checked against the pattern. `None` against
+    /// an echo target, whose reply is the request.
+    pub(crate) reply_size: Option<usize>,
 }
 
 /// The outcome of a latency run.
@@ -83,6 +86,12 @@ impl LatencyResult {
 
 /// Runs the scenario.
 pub(crate) async fn run(opts: Options) -> Result<LatencyResult, String> {
+    if opts
+        .reply_size
+        .is_some_and(|r| r == 0 || r > pattern::MAX_SLICE)
+    {
+        return Err(format!("--reply-size must be 1 to {}", pattern::MAX_SLICE));
+    }
     if opts.connections == 0 || opts.size == 0 {
         return Err("--connections and --size must be at least 1".into());
     }
@@ -151,7 +160,7 @@ async fn connection(
     };
     let end = start + opts.duration;
     let mut request = Vec::with_capacity(opts.size);
-    let mut response = vec![0u8; opts.size];
+    let mut response = vec![0u8; opts.reply_size.unwrap_or(opts.size)];
     let mut k = 0u64;
     let mut free = Duration::ZERO;
     loop {
@@ -186,9 +195,13 @@ async fn connection(
             Ok(Ok(())) => {}
         }
         let done = start.elapsed();
-        if response != request {
+        let intact = match opts.reply_size {
+            None => response == request,
+            Some(_) => pattern::check(0, &response).is_ok(),
+        };
+        if !intact {
             out.error = Some(format!(
-                "request {k}: the response differs from the request (is the target an echo?)"
+                "request {k}: the response differs from the expected reply (an echo target, or rr with --reply-size?)"
             ));
             break;
         }
@@ -212,6 +225,42 @@ mod tests {
     use crate::target::{self, TargetKind};
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn measures_an_rr_target_with_its_own_reply_size() {
+        let sizes = target::RrSizes {
+            request: 32,
+            reply: 1000,
+        };
+        let addr = target::spawn_with(TargetKind::Rr, "127.0.0.1:0".parse().unwrap(), sizes)
+            .await
+            .unwrap();
+        let r = run(Options {
+            addr,
+            connections: 2,
+            rate: 200.0,
+            duration: Duration::from_millis(300),
+            size: 32,
+            reply_size: Some(1000),
+        })
+        .await
+        .unwrap();
+        assert!(r.errors.is_empty(), "{:?}", r.errors);
+        assert!(r.responses > 20, "{}", r.responses);
+        // The same target read as an echo is a detected mismatch, not a silent pass (once
+        // the reads run past the end of the first 1000-byte reply).
+        let wrong = run(Options {
+            addr,
+            connections: 1,
+            rate: 1000.0,
+            duration: Duration::from_millis(200),
+            size: 32,
+            reply_size: None,
+        })
+        .await
+        .unwrap();
+        assert_eq!(wrong.errors.len(), 1, "{:?}", wrong.errors);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn measures_an_echo_at_a_fixed_rate() {
         let addr = target::spawn(TargetKind::Echo, "127.0.0.1:0".parse().unwrap())
             .await
@@ -222,6 +271,7 @@ mod tests {
             rate: 400.0,
             duration: Duration::from_millis(500),
             size: 100,
+            reply_size: None,
         })
         .await
         .unwrap();
@@ -251,6 +301,7 @@ mod tests {
             rate: 100.0,
             duration: Duration::from_millis(200),
             size: 16,
+            reply_size: None,
         })
         .await
         .unwrap();

@@ -22,6 +22,7 @@
 mod churn;
 mod creds;
 mod demo;
+mod idle;
 mod latency;
 mod net;
 mod pattern;
@@ -29,6 +30,7 @@ mod stack;
 mod stats;
 mod target;
 mod throughput;
+mod verify;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -60,6 +62,7 @@ enum Cmd {
     /// sink: reads and counts; when the client half-closes, replies with the count as an
     /// 8-byte big-endian integer and closes.
     /// source: writes the test pattern without end.
+    /// rr: reads requests of --request-size bytes and answers each with --reply-size bytes.
     Target {
         /// Which server.
         #[arg(value_enum)]
@@ -67,6 +70,12 @@ enum Cmd {
         /// Address to listen on; port 0 picks a free port, printed at start.
         #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:0")]
         listen: SocketAddr,
+        /// rr: bytes per request.
+        #[arg(long, value_name = "B", default_value_t = 64)]
+        request_size: usize,
+        /// rr: bytes per reply (at most 65536).
+        #[arg(long, value_name = "B", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=65536))]
+        reply_size: u32,
     },
     /// Bulk throughput over N concurrent connections.
     ///
@@ -90,7 +99,7 @@ enum Cmd {
         #[arg(long, value_name = "FILE")]
         json: Option<PathBuf>,
     },
-    /// Request/response latency at a fixed rate against an echo target.
+    /// Request/response latency at a fixed rate against an echo (or rr) target.
     ///
     /// Sends R requests per second in total over M kept-alive connections, one request
     /// outstanding per connection. Latency is measured from each request's intended send time,
@@ -112,6 +121,9 @@ enum Cmd {
         /// Bytes per request (and per response).
         #[arg(long, value_name = "B", default_value_t = 64)]
         size: usize,
+        /// Against an rr target: bytes per reply (its --reply-size). Leave out for echo.
+        #[arg(long, value_name = "B")]
+        reply_size: Option<usize>,
         /// Also write the results to FILE as JSON.
         #[arg(long, value_name = "FILE")]
         json: Option<PathBuf>,
@@ -131,6 +143,62 @@ enum Cmd {
         /// Concurrent workers, each with one connection at a time.
         #[arg(long, value_name = "C", default_value_t = 8)]
         concurrency: usize,
+        /// Also write the results to FILE as JSON.
+        #[arg(long, value_name = "FILE")]
+        json: Option<PathBuf>,
+    },
+    /// Many silent connections: memory per idle stream, and the idle sweep.
+    ///
+    /// Opens N connections to an echo target through a hub listener, one byte each way so
+    /// every stream is open end to end, and holds them. Reports the resident memory of the
+    /// hub and agent (--hub-pid, --agent-pid; VmRSS from /proc) before and after, per
+    /// connection. With --idle-timeout-ms and --sweep-interval-ms (the hub's settings), then
+    /// waits and checks that the hub closed every connection within idle timeout + sweep
+    /// interval of its last byte; exit status 1 if not. Many connections need a high
+    /// `ulimit -n` in this shell and for the hub and agent.
+    Idle {
+        /// An echo target, or the hub listener in front of one.
+        #[arg(long, value_name = "HOST:PORT")]
+        addr: String,
+        /// Connections to open and hold.
+        #[arg(long, value_name = "N", default_value_t = 1000)]
+        connections: usize,
+        /// The hub's process id, for its memory.
+        #[arg(long, value_name = "PID")]
+        hub_pid: Option<u32>,
+        /// The agent's process id, for its memory.
+        #[arg(long, value_name = "PID")]
+        agent_pid: Option<u32>,
+        /// The hub's limits.idle_timeout_ms; with --sweep-interval-ms, checks the sweep.
+        #[arg(long, value_name = "MS", requires = "sweep_interval_ms")]
+        idle_timeout_ms: Option<u64>,
+        /// The hub's limits.sweep_interval_ms.
+        #[arg(long, value_name = "MS", requires = "idle_timeout_ms")]
+        sweep_interval_ms: Option<u64>,
+        /// Also write the results to FILE as JSON.
+        #[arg(long, value_name = "FILE")]
+        json: Option<PathBuf>,
+    },
+    /// Random traffic through an echo target with every byte checked both ways.
+    ///
+    /// Each worker opens connections one after another: a random size (none to 4 MiB), sent
+    /// in writes of random sizes with random pauses, then a half-close, while the echo is
+    /// read back with random pauses of its own. Any lost, duplicated, reordered or foreign
+    /// byte, or a half-close that comes early or late, fails the run (exit status 1) and names
+    /// the connection; --seed replays the same choices.
+    Verify {
+        /// An echo target, or the hub listener in front of one.
+        #[arg(long, value_name = "HOST:PORT")]
+        addr: String,
+        /// Concurrent workers.
+        #[arg(long, value_name = "N", default_value_t = 8)]
+        streams: usize,
+        /// How long to keep opening connections, in seconds (fractions allowed).
+        #[arg(long, value_name = "S", default_value = "10", value_parser = stats::parse_seconds)]
+        seconds: Duration,
+        /// Seed of the random choices [default: from the clock, printed].
+        #[arg(long, value_name = "N")]
+        seed: Option<u64>,
         /// Also write the results to FILE as JSON.
         #[arg(long, value_name = "FILE")]
         json: Option<PathBuf>,
@@ -211,7 +279,12 @@ fn main() -> ExitCode {
 
 async fn run(cmd: Cmd) -> Result<ExitCode, String> {
     match cmd {
-        Cmd::Target { kind, listen } => {
+        Cmd::Target {
+            kind,
+            listen,
+            request_size,
+            reply_size,
+        } => {
             let listener = tokio::net::TcpListener::bind(listen)
                 .await
                 .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
@@ -220,7 +293,11 @@ async fn run(cmd: Cmd) -> Result<ExitCode, String> {
                 "{} target listening on {local}",
                 format!("{kind:?}").to_lowercase()
             );
-            target::serve(listener, kind).await;
+            let sizes = target::RrSizes {
+                request: request_size.max(1),
+                reply: reply_size as usize,
+            };
+            target::serve(listener, kind, sizes).await;
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Throughput {
@@ -247,6 +324,7 @@ async fn run(cmd: Cmd) -> Result<ExitCode, String> {
             rate,
             seconds,
             size,
+            reply_size,
             json,
         } => {
             let r = latency::run(latency::Options {
@@ -255,6 +333,7 @@ async fn run(cmd: Cmd) -> Result<ExitCode, String> {
                 rate,
                 duration: seconds,
                 size,
+                reply_size,
             })
             .await?;
             print!("{}", r.report());
@@ -280,6 +359,60 @@ async fn run(cmd: Cmd) -> Result<ExitCode, String> {
             print!("{}", r.report());
             write_json(json.as_deref(), &r)?;
             Ok(if r.completed > 0 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+        Cmd::Idle {
+            addr,
+            connections,
+            hub_pid,
+            agent_pid,
+            idle_timeout_ms,
+            sweep_interval_ms,
+            json,
+        } => {
+            let r = idle::run(idle::Options {
+                addr: net::resolve(&addr).await?,
+                connections,
+                hub_pid,
+                agent_pid,
+                sweep: idle_timeout_ms
+                    .zip(sweep_interval_ms)
+                    .map(|(i, s)| (Duration::from_millis(i), Duration::from_millis(s))),
+            })
+            .await?;
+            print!("{}", r.report());
+            write_json(json.as_deref(), &r)?;
+            Ok(if r.failures.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+        Cmd::Verify {
+            addr,
+            streams,
+            seconds,
+            seed,
+            json,
+        } => {
+            let seed = seed.unwrap_or_else(|| {
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(1, |d| d.as_nanos() as u64)
+            });
+            let r = verify::run(verify::Options {
+                addr: net::resolve(&addr).await?,
+                streams,
+                duration: seconds,
+                seed,
+            })
+            .await?;
+            print!("{}", r.report());
+            write_json(json.as_deref(), &r)?;
+            Ok(if r.failures.is_empty() {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::FAILURE

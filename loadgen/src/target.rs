@@ -4,6 +4,8 @@
 //! - `sink` reads and counts; when the client half-closes, it writes the count as an 8-byte
 //!   big-endian integer and closes, so an upload measures bytes that really arrived.
 //! - `source` writes the [`pattern`](crate::pattern) without end, until the client goes away.
+//! - `rr` reads requests of a fixed size and answers each with a reply of a fixed size (the
+//!   pattern), like a small RPC server; it half-closes when the client does.
 
 use std::io;
 use std::net::SocketAddr;
@@ -27,18 +29,47 @@ pub(crate) enum TargetKind {
     Sink,
     /// Write the test pattern without end.
     Source,
+    /// Answer each fixed-size request with a fixed-size reply.
+    Rr,
+}
+
+/// Request and reply sizes of the `rr` target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct RrSizes {
+    /// Bytes per request.
+    pub(crate) request: usize,
+    /// Bytes per reply.
+    pub(crate) reply: usize,
+}
+
+impl Default for RrSizes {
+    fn default() -> Self {
+        RrSizes {
+            request: 64,
+            reply: 64,
+        }
+    }
 }
 
 /// Binds `addr` and serves `kind` on it in the background; returns the bound address.
 pub(crate) async fn spawn(kind: TargetKind, addr: SocketAddr) -> io::Result<SocketAddr> {
+    spawn_with(kind, addr, RrSizes::default()).await
+}
+
+/// [`spawn`] with the `rr` sizes given.
+pub(crate) async fn spawn_with(
+    kind: TargetKind,
+    addr: SocketAddr,
+    rr: RrSizes,
+) -> io::Result<SocketAddr> {
     let listener = TcpListener::bind(addr).await?;
     let local = listener.local_addr()?;
-    tokio::spawn(serve(listener, kind));
+    tokio::spawn(serve(listener, kind, rr));
     Ok(local)
 }
 
 /// Accepts connections on `listener` for ever, serving each with `kind`.
-pub(crate) async fn serve(listener: TcpListener, kind: TargetKind) {
+pub(crate) async fn serve(listener: TcpListener, kind: TargetKind, rr_sizes: RrSizes) {
     loop {
         match listener.accept().await {
             Ok((conn, _)) => {
@@ -49,6 +80,7 @@ pub(crate) async fn serve(listener: TcpListener, kind: TargetKind) {
                         TargetKind::Echo => echo(conn).await,
                         TargetKind::Sink => sink(conn).await,
                         TargetKind::Source => source(conn).await,
+                        TargetKind::Rr => rr(conn, rr_sizes).await,
                     };
                 });
             }
@@ -90,6 +122,19 @@ async fn source(mut conn: TcpStream) -> io::Result<()> {
     }
 }
 
+async fn rr(mut conn: TcpStream, sizes: RrSizes) -> io::Result<()> {
+    let mut request = vec![0u8; sizes.request.max(1)];
+    let reply = pattern::slice(0, sizes.reply.min(pattern::MAX_SLICE));
+    loop {
+        match conn.read_exact(&mut request).await {
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return conn.shutdown().await,
+            Err(e) => return Err(e),
+        }
+        conn.write_all(reply).await?;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -119,6 +164,27 @@ mod tests {
         let mut back = Vec::new();
         c.read_to_end(&mut back).await.unwrap();
         assert_eq!(back, 100_000u64.to_be_bytes());
+    }
+
+    #[tokio::test]
+    async fn rr_answers_each_request_with_a_fixed_reply() {
+        let sizes = RrSizes {
+            request: 10,
+            reply: 3000,
+        };
+        let addr = spawn_with(TargetKind::Rr, "127.0.0.1:0".parse().unwrap(), sizes)
+            .await
+            .unwrap();
+        let mut c = TcpStream::connect(addr).await.unwrap();
+        // Two requests split across writes, then the half-close.
+        c.write_all(&[1u8; 15]).await.unwrap();
+        c.write_all(&[2u8; 5]).await.unwrap();
+        c.shutdown().await.unwrap();
+        let mut back = Vec::new();
+        c.read_to_end(&mut back).await.unwrap();
+        assert_eq!(back.len(), 6000);
+        assert_eq!(pattern::check(0, &back[..3000]), Ok(()));
+        assert_eq!(&back[..3000], &back[3000..]);
     }
 
     #[tokio::test]

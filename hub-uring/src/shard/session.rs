@@ -670,12 +670,16 @@ impl SessionCtx {
 
     async fn timer_loop(self: Rc<Self>) {
         let sweep = Duration::from_millis(self.shard.shared.config.limits.sweep_interval_ms);
+        let period = sweep.min(Duration::from_millis(
+            self.shard.shared.config.limits.heartbeat_ms,
+        ));
+        // Ticks at a fixed rate, not a fixed pause after each round's work, so an idle stream
+        // is reset no later than one period after its deadline however busy the shard is.
+        let mut ticks = compio::time::interval(period);
+        ticks.tick().await;
         let mut expired = Vec::new();
         loop {
-            compio::time::sleep(sweep.min(Duration::from_millis(
-                self.shard.shared.config.limits.heartbeat_ms,
-            )))
-            .await;
+            ticks.tick().await;
             if self.ended.get().is_some() {
                 return;
             }
