@@ -26,6 +26,7 @@ mod idle;
 mod latency;
 mod net;
 mod pattern;
+mod slow;
 mod stack;
 mod stats;
 mod target;
@@ -175,6 +176,39 @@ enum Cmd {
         /// The hub's limits.sweep_interval_ms.
         #[arg(long, value_name = "MS", requires = "idle_timeout_ms")]
         sweep_interval_ms: Option<u64>,
+        /// Also write the results to FILE as JSON.
+        #[arg(long, value_name = "FILE")]
+        json: Option<PathBuf>,
+    },
+    /// One stalled stream beside busy ones: memory stays bounded, the others keep their pace.
+    ///
+    /// Measures M echo streams alone, then opens one stream that writes without end and never
+    /// reads, waits until it is stuck, and measures the M streams again beside it. Reports
+    /// their throughput beside the stall as a fraction of alone, and the growth of the hub's
+    /// and agent's peak resident memory (--hub-pid, --agent-pid), which must stay within the
+    /// budget (exit status 1 otherwise).
+    SlowReader {
+        /// An echo target, or the hub listener in front of one.
+        #[arg(long, value_name = "HOST:PORT")]
+        addr: String,
+        /// Streams that keep reading.
+        #[arg(long, value_name = "M", default_value_t = 4)]
+        streams: usize,
+        /// Length of each phase, in seconds (fractions allowed).
+        #[arg(long, value_name = "S", default_value = "5", value_parser = stats::parse_seconds)]
+        seconds: Duration,
+        /// The hub's process id, for its memory.
+        #[arg(long, value_name = "PID")]
+        hub_pid: Option<u32>,
+        /// The agent's process id, for its memory.
+        #[arg(long, value_name = "PID")]
+        agent_pid: Option<u32>,
+        /// The hub's limits.stream_window_bytes, for the default budget.
+        #[arg(long, value_name = "B", default_value_t = 262_144)]
+        window_bytes: u64,
+        /// Allowed growth of each process's peak memory [default: two windows + 8 MiB].
+        #[arg(long, value_name = "B")]
+        budget_bytes: Option<u64>,
         /// Also write the results to FILE as JSON.
         #[arg(long, value_name = "FILE")]
         json: Option<PathBuf>,
@@ -381,6 +415,34 @@ async fn run(cmd: Cmd) -> Result<ExitCode, String> {
                 sweep: idle_timeout_ms
                     .zip(sweep_interval_ms)
                     .map(|(i, s)| (Duration::from_millis(i), Duration::from_millis(s))),
+            })
+            .await?;
+            print!("{}", r.report());
+            write_json(json.as_deref(), &r)?;
+            Ok(if r.failures.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+        Cmd::SlowReader {
+            addr,
+            streams,
+            seconds,
+            hub_pid,
+            agent_pid,
+            window_bytes,
+            budget_bytes,
+            json,
+        } => {
+            let r = slow::run(slow::Options {
+                addr: net::resolve(&addr).await?,
+                streams,
+                duration: seconds,
+                hub_pid,
+                agent_pid,
+                window: window_bytes,
+                budget: budget_bytes,
             })
             .await?;
             print!("{}", r.report());
