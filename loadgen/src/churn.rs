@@ -15,6 +15,7 @@ use serde::Serialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::{Instant, timeout};
 
+use crate::progress;
 use crate::stats::{self, Percentiles};
 use crate::{net, pattern};
 
@@ -212,7 +213,10 @@ async fn worker(addr: SocketAddr, deadline: Instant) -> WorkerOutcome {
     while Instant::now() < deadline {
         out.attempts += 1;
         match cycle(addr, &mut out.connect).await {
-            Ok(open) => stats::record(&mut out.open, open),
+            Ok(open) => {
+                stats::record(&mut out.open, open);
+                progress::add(1);
+            }
             Err(kind) => {
                 out.failures.count(kind);
                 // Do not spin on a target that refuses outright.

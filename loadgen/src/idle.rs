@@ -18,7 +18,7 @@ use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
 use tokio::time::{Instant, sleep, timeout_at};
 
-use crate::net;
+use crate::{net, progress};
 
 /// Connections opened at once.
 const OPEN_CONCURRENCY: usize = 64;
@@ -183,6 +183,7 @@ pub(crate) async fn run(opts: Options) -> Result<IdleResult, String> {
             drop(permit);
             let held = match held {
                 Ok(held) => {
+                    progress::add(1);
                     let _ = opened.send(Ok(()));
                     held
                 }

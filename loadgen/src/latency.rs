@@ -15,6 +15,7 @@ use serde::Serialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::{Instant, sleep_until, timeout_at};
 
+use crate::progress;
 use crate::stats::{self, Pacer, Percentiles, Sample};
 use crate::{net, pattern};
 
@@ -215,6 +216,7 @@ async fn connection(
         stats::record(&mut out.latency, sample.corrected());
         stats::record(&mut out.service, sample.service());
         k += 1;
+        progress::add(1);
     }
     out
 }

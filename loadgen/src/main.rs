@@ -26,6 +26,7 @@ mod idle;
 mod latency;
 mod net;
 mod pattern;
+mod progress;
 mod slow;
 mod stack;
 mod stats;
@@ -41,6 +42,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use serde::Serialize;
 
+use crate::progress::{Progress, Unit};
 use crate::target::TargetKind;
 use crate::throughput::Direction;
 
@@ -341,12 +343,18 @@ async fn run(cmd: Cmd) -> Result<ExitCode, String> {
             direction,
             json,
         } => {
-            let r = throughput::run(throughput::Options {
-                addr: net::resolve(&addr).await?,
-                streams,
-                duration: seconds,
-                direction,
-            })
+            let addr = net::resolve(&addr).await?;
+            let r = with_progress(
+                format!("throughput {streams} streams"),
+                Some(seconds),
+                Unit::Bytes,
+                throughput::run(throughput::Options {
+                    addr,
+                    streams,
+                    duration: seconds,
+                    direction,
+                }),
+            )
             .await?;
             print!("{}", r.report());
             write_json(json.as_deref(), &r)?;
@@ -361,14 +369,20 @@ async fn run(cmd: Cmd) -> Result<ExitCode, String> {
             reply_size,
             json,
         } => {
-            let r = latency::run(latency::Options {
-                addr: net::resolve(&addr).await?,
-                connections,
-                rate,
-                duration: seconds,
-                size,
-                reply_size,
-            })
+            let addr = net::resolve(&addr).await?;
+            let r = with_progress(
+                format!("latency {rate}/s"),
+                Some(seconds),
+                Unit::Events("responses"),
+                latency::run(latency::Options {
+                    addr,
+                    connections,
+                    rate,
+                    duration: seconds,
+                    size,
+                    reply_size,
+                }),
+            )
             .await?;
             print!("{}", r.report());
             write_json(json.as_deref(), &r)?;
@@ -384,11 +398,17 @@ async fn run(cmd: Cmd) -> Result<ExitCode, String> {
             concurrency,
             json,
         } => {
-            let r = churn::run(churn::Options {
-                addr: net::resolve(&addr).await?,
-                duration: seconds,
-                concurrency,
-            })
+            let addr = net::resolve(&addr).await?;
+            let r = with_progress(
+                "churn".to_owned(),
+                Some(seconds),
+                Unit::Events("connections"),
+                churn::run(churn::Options {
+                    addr,
+                    duration: seconds,
+                    concurrency,
+                }),
+            )
             .await?;
             print!("{}", r.report());
             write_json(json.as_deref(), &r)?;
@@ -407,15 +427,21 @@ async fn run(cmd: Cmd) -> Result<ExitCode, String> {
             sweep_interval_ms,
             json,
         } => {
-            let r = idle::run(idle::Options {
-                addr: net::resolve(&addr).await?,
-                connections,
-                hub_pid,
-                agent_pid,
-                sweep: idle_timeout_ms
-                    .zip(sweep_interval_ms)
-                    .map(|(i, s)| (Duration::from_millis(i), Duration::from_millis(s))),
-            })
+            let addr = net::resolve(&addr).await?;
+            let r = with_progress(
+                "idle".to_owned(),
+                None,
+                Unit::Events("connections open"),
+                idle::run(idle::Options {
+                    addr,
+                    connections,
+                    hub_pid,
+                    agent_pid,
+                    sweep: idle_timeout_ms
+                        .zip(sweep_interval_ms)
+                        .map(|(i, s)| (Duration::from_millis(i), Duration::from_millis(s))),
+                }),
+            )
             .await?;
             print!("{}", r.report());
             write_json(json.as_deref(), &r)?;
@@ -435,15 +461,21 @@ async fn run(cmd: Cmd) -> Result<ExitCode, String> {
             budget_bytes,
             json,
         } => {
-            let r = slow::run(slow::Options {
-                addr: net::resolve(&addr).await?,
-                streams,
-                duration: seconds,
-                hub_pid,
-                agent_pid,
-                window: window_bytes,
-                budget: budget_bytes,
-            })
+            let addr = net::resolve(&addr).await?;
+            let r = with_progress(
+                "slow-reader".to_owned(),
+                Some(seconds * 2),
+                Unit::Bytes,
+                slow::run(slow::Options {
+                    addr,
+                    streams,
+                    duration: seconds,
+                    hub_pid,
+                    agent_pid,
+                    window: window_bytes,
+                    budget: budget_bytes,
+                }),
+            )
             .await?;
             print!("{}", r.report());
             write_json(json.as_deref(), &r)?;
@@ -465,12 +497,18 @@ async fn run(cmd: Cmd) -> Result<ExitCode, String> {
                     .duration_since(std::time::UNIX_EPOCH)
                     .map_or(1, |d| d.as_nanos() as u64)
             });
-            let r = verify::run(verify::Options {
-                addr: net::resolve(&addr).await?,
-                streams,
-                duration: seconds,
-                seed,
-            })
+            let addr = net::resolve(&addr).await?;
+            let r = with_progress(
+                format!("verify seed {seed}"),
+                Some(seconds),
+                Unit::Bytes,
+                verify::run(verify::Options {
+                    addr,
+                    streams,
+                    duration: seconds,
+                    seed,
+                }),
+            )
             .await?;
             print!("{}", r.report());
             write_json(json.as_deref(), &r)?;
@@ -549,6 +587,19 @@ async fn run(cmd: Cmd) -> Result<ExitCode, String> {
             }
         }
     }
+}
+
+/// Runs `run` with a live progress line (on a terminal only).
+async fn with_progress<T>(
+    label: String,
+    total: Option<Duration>,
+    unit: Unit,
+    run: impl std::future::Future<Output = T>,
+) -> T {
+    let progress = Progress::start(label, total, unit);
+    let out = run.await;
+    progress.finish().await;
+    out
 }
 
 /// Waits for SIGINT or SIGTERM.

@@ -21,7 +21,7 @@ use tokio::net::TcpStream;
 use tokio::sync::Barrier;
 use tokio::time::{Instant, timeout_at};
 
-use crate::{net, pattern, stats};
+use crate::{net, pattern, progress, stats};
 
 /// Size of each write and read.
 const CHUNK: usize = 64 * 1024;
@@ -178,10 +178,12 @@ pub(crate) async fn run(opts: Options) -> Result<ThroughputResult, String> {
     })
 }
 
-/// Writes the pattern until `deadline`; returns how many bytes were written.
+/// Writes the pattern until `deadline`; returns how many bytes were written. `count` puts
+/// them on the progress line (when they are the figure, not the echo of them).
 async fn write_until(
     w: &mut (impl AsyncWriteExt + Unpin),
     deadline: Instant,
+    count: bool,
 ) -> Result<u64, String> {
     let mut offset = 0u64;
     while Instant::now() < deadline {
@@ -193,6 +195,9 @@ async fn write_until(
         .map_err(|_| "write stalled".to_string())?
         .map_err(|e| format!("write failed: {e}"))?;
         offset += CHUNK as u64;
+        if count {
+            progress::add(CHUNK as u64);
+        }
     }
     w.shutdown()
         .await
@@ -201,7 +206,7 @@ async fn write_until(
 }
 
 async fn up(mut conn: TcpStream, deadline: Instant) -> Result<u64, String> {
-    let written = write_until(&mut conn, deadline).await?;
+    let written = write_until(&mut conn, deadline, true).await?;
     let mut count = [0u8; 8];
     timeout_at(deadline + DRAIN_GRACE, conn.read_exact(&mut count))
         .await
@@ -228,12 +233,13 @@ async fn down(mut conn: TcpStream, deadline: Instant) -> Result<u64, String> {
         };
         pattern::check(offset, &buf[..n]).map_err(|m| format!("{m} (is the target a source?)"))?;
         offset += n as u64;
+        progress::add(n as u64);
     }
 }
 
 async fn both(conn: TcpStream, deadline: Instant) -> Result<u64, String> {
     let (mut r, mut w) = conn.into_split();
-    let writer = write_until(&mut w, deadline);
+    let writer = write_until(&mut w, deadline, false);
     let reader = async {
         let mut buf = vec![0u8; CHUNK];
         let mut offset = 0u64;
@@ -247,6 +253,7 @@ async fn both(conn: TcpStream, deadline: Instant) -> Result<u64, String> {
             }
             pattern::check(offset, &buf[..n]).map_err(|m| m.to_string())?;
             offset += n as u64;
+            progress::add(n as u64);
         }
     };
     let (written, echoed) = tokio::try_join!(writer, reader)?;

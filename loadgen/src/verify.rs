@@ -16,7 +16,7 @@ use serde::Serialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::{Instant, sleep, timeout};
 
-use crate::net;
+use crate::{net, progress};
 
 /// The largest single write.
 const MAX_WRITE: usize = 256 * 1024;
@@ -281,6 +281,7 @@ async fn one_connection(addr: SocketAddr, plan: Plan) -> Result<(), String> {
                 ));
             }
             pos += n as u64;
+            progress::add(n as u64);
         }
         if pos != plan.len {
             return Err(format!(
