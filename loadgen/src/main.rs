@@ -27,6 +27,7 @@ mod latency;
 mod net;
 mod pattern;
 mod progress;
+mod report;
 mod slow;
 mod stack;
 mod stats;
@@ -258,6 +259,21 @@ enum Cmd {
         /// Also write the results to FILE as JSON.
         #[arg(long, value_name = "FILE")]
         json: Option<PathBuf>,
+    },
+    /// Draw SVG charts from the JSON files of other runs.
+    ///
+    /// Each input is FILE or LABEL=FILE (the label defaults to the file name). latency
+    /// results, and the latency phases of demo results, become latency.svg (percentiles per
+    /// input); throughput results become throughput.svg (bytes/s against the stream count,
+    /// files named like tunnel-1.json, tunnel-8.json joined into one line); tune results
+    /// become shards.svg (throughput against shards, per driver).
+    Report {
+        /// Where to write the charts.
+        #[arg(long, value_name = "DIR", default_value = ".")]
+        out: PathBuf,
+        /// JSON files written with --json.
+        #[arg(value_name = "[LABEL=]FILE", required = true)]
+        inputs: Vec<String>,
     },
     /// Find the shard count and driver that suit this host.
     ///
@@ -548,6 +564,12 @@ async fn run(cmd: Cmd) -> Result<ExitCode, String> {
             } else {
                 ExitCode::FAILURE
             })
+        }
+        Cmd::Report { out, inputs } => {
+            for path in report::run(&inputs, &out)? {
+                println!("wrote {}", path.display());
+            }
+            Ok(ExitCode::SUCCESS)
         }
         Cmd::Tune {
             bin_dir,
