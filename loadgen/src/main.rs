@@ -2,20 +2,24 @@
 //!
 //! Subcommands:
 //!
-//! - `target echo|sink|source` runs a target server.
-//! - `throughput`, `latency` and `churn` drive clients against a target, directly or through a
-//!   hub listener.
-//! - `demo` starts a hub, an agent and a target on loopback, runs a short mixed load directly
-//!   and through the tunnel, and prints the comparison.
+//! - `target echo|sink|source|rr` runs a target server.
+//! - `throughput`, `latency`, `churn`, `idle`, `slow-reader` and `verify` drive clients
+//!   against a target, directly or through a hub listener (or any other tunnel).
+//! - `stack` starts a hub and an agent in front of given targets and keeps them running;
+//!   `demo` runs a short mixed load through one and compares it with the target reached
+//!   directly; `tune` compares shard counts and drivers.
+//! - `report` draws SVG charts from the JSON the others write.
 //!
 //! Modules:
 //!
-//! - [`pattern`]: the deterministic byte pattern every scenario writes and checks.
+//! - [`pattern`]: the deterministic byte pattern the bulk scenarios write and check.
 //! - [`stats`]: histograms, percentiles, pacing with coordinated-omission correction.
-//! - [`target`]: the echo, sink and source servers.
-//! - [`throughput`], [`latency`], [`churn`]: the scenarios.
-//! - [`creds`]: development credentials for the demo.
-//! - [`demo`]: the whole-deployment demonstration.
+//! - [`progress`]: the live progress line.
+//! - [`target`]: the echo, sink, source and rr servers.
+//! - [`throughput`], [`latency`], [`churn`], [`idle`], [`slow`], [`verify`]: the scenarios.
+//! - [`stack`], [`creds`]: a hub and an agent with development credentials.
+//! - [`demo`], [`tune`]: whole-deployment runs.
+//! - [`report`]: charts.
 //! - [`net`]: socket helpers.
 #![forbid(unsafe_code)]
 
@@ -52,8 +56,19 @@ use crate::throughput::Direction;
 ///
 /// Scenarios run against a target server, either directly or through a hub listener whose
 /// connector an agent serves from that target. Every byte sent is checked when it comes back.
+/// Point the same command at the target itself, at a NowConnect listener or at another tunnel
+/// to compare them; add --json FILE to keep the results, and draw them with `report`.
+///
+/// A first run, in three shells:
+///
+///   nowconnect-loadgen target echo --listen 127.0.0.1:7000
+///   nowconnect-loadgen stack --target echo=127.0.0.1:7000     (prints the hub listener)
+///   nowconnect-loadgen throughput --addr <listener> --streams 8 --seconds 5
+///
+/// and the same throughput with --addr 127.0.0.1:7000 for the direct baseline. `demo` does all
+/// of that in one command; `tune` picks a shard count and driver for this host.
 #[derive(Debug, Parser)]
-#[command(name = "nowconnect-loadgen", version, about, long_about)]
+#[command(name = "nowconnect-loadgen", version, about, long_about, verbatim_doc_comment)]
 struct Cli {
     #[command(subcommand)]
     command: Cmd,
