@@ -269,6 +269,13 @@ impl Session {
         self.transmit.clear();
     }
 
+    /// Hands the waiting frames over by swapping buffers with `out` (cleared first): no copy,
+    /// and both allocations are kept for reuse.
+    pub fn swap_transmit(&mut self, out: &mut Vec<u8>) {
+        out.clear();
+        std::mem::swap(&mut self.transmit, out);
+    }
+
     /// Moves the waiting frames to the end of `out`, keeping both allocations.
     pub fn drain_transmit_into(&mut self, out: &mut Vec<u8>) {
         out.extend_from_slice(&self.transmit);
