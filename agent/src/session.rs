@@ -51,7 +51,6 @@ const READ_BUF: usize = 64 * 1024;
 pub(crate) struct Link {
     state: Mutex<Shared>,
     wake_writer: Notify,
-    max_frame: u32,
 }
 
 /// The mutable part of a [`Link`].
@@ -81,11 +80,6 @@ impl Link {
     /// Wakes the writer to send whatever is queued.
     pub(crate) fn flush(&self) {
         self.wake_writer.notify_one();
-    }
-
-    /// The longest DATA payload of this session.
-    pub(crate) fn max_frame(&self) -> u32 {
-        self.max_frame
     }
 }
 
@@ -226,7 +220,6 @@ pub(crate) async fn run(connected: Connected, params: SessionParams) {
             refuse_opens: false,
         }),
         wake_writer: Notify::new(),
-        max_frame: welcome.max_frame,
     });
     let (read, write) = tokio::io::split(io);
     let mut writer = tokio::spawn(write_loop(Arc::clone(&link), write));
