@@ -170,9 +170,11 @@ pub enum SessionError {
     Backlog(usize),
 }
 
-/// The most bytes [`Session::transmit`] may hold when a frame arrives. A driver that sends the
-/// transmit buffer after each batch of input never comes near it; past it, [`Session::recv`]
-/// fails with [`SessionError::Backlog`] rather than let a peer grow the queue without bound.
+/// The most bytes of frames the peer provoked (RSTs, WINDOWs, OPEN_OKs: everything but this
+/// side's own DATA, which the windows bound) that [`Session::transmit`] may hold when a frame
+/// arrives. A driver that sends the transmit buffer after each batch of input never comes near
+/// it; past it, [`Session::recv`] fails with [`SessionError::Backlog`] rather than let a peer
+/// grow the queue without bound.
 pub const MAX_TRANSMIT_BACKLOG: usize = 4 << 20;
 
 /// Why the hub could not open a stream on this session.
@@ -215,6 +217,9 @@ pub struct Session {
     next_id: u64,
     deadlines: DeadlineQueue,
     transmit: Vec<u8>,
+    /// Bytes of `transmit` that are DATA frames this side queued within credit: bounded by
+    /// the windows, so not counted against [`MAX_TRANSMIT_BACKLOG`].
+    transmit_data: usize,
     going_away: bool,
     stats: SessionStats,
 }
@@ -229,6 +234,7 @@ impl Session {
             next_id: 1,
             deadlines: DeadlineQueue::new(),
             transmit: Vec::new(),
+            transmit_data: 0,
             going_away: false,
             stats: SessionStats::default(),
         }
@@ -267,6 +273,7 @@ impl Session {
     /// Forgets the frames in [`Session::transmit`] after the driver sent them.
     pub fn clear_transmit(&mut self) {
         self.transmit.clear();
+        self.transmit_data = 0;
     }
 
     /// Hands the waiting frames over by swapping buffers with `out` (cleared first): no copy,
@@ -274,12 +281,14 @@ impl Session {
     pub fn swap_transmit(&mut self, out: &mut Vec<u8>) {
         out.clear();
         std::mem::swap(&mut self.transmit, out);
+        self.transmit_data = 0;
     }
 
     /// Moves the waiting frames to the end of `out`, keeping both allocations.
     pub fn drain_transmit_into(&mut self, out: &mut Vec<u8>) {
         out.extend_from_slice(&self.transmit);
         self.transmit.clear();
+        self.transmit_data = 0;
     }
 
     /// Hub: opens a stream to `connector` for the client at `peer` and queues the OPEN.
@@ -356,6 +365,7 @@ impl Session {
     ) -> Result<(), SendError> {
         self.check_send(now, id, payload.len())?;
         frame::encode_data(&mut self.transmit, id, payload);
+        self.transmit_data += frame::HEADER_LEN + payload.len();
         Ok(())
     }
 
@@ -392,6 +402,7 @@ impl Session {
                 }
                 frame::encode_data_header_before(&mut self.transmit, payload_start, id, n as u32)
                     .map_err(SendError::Headroom)?;
+                self.transmit_data += frame::HEADER_LEN + n;
                 Ok(Ok(n))
             }
             Ok(n) => {
@@ -499,6 +510,7 @@ impl Session {
         self.streams.clear();
         self.deadlines.rebuild([]);
         self.transmit.clear();
+        self.transmit_data = 0;
         self.going_away = true;
     }
 
@@ -540,8 +552,10 @@ impl Session {
         now: Millis,
         frame: Frame<'a>,
     ) -> Result<Option<Event<'a>>, SessionError> {
-        if self.transmit.len() > MAX_TRANSMIT_BACKLOG {
-            return Err(SessionError::Backlog(self.transmit.len()));
+        // Only frames the peer provoked count: our own DATA is bounded by the windows.
+        let provoked = self.transmit.len() - self.transmit_data;
+        if provoked > MAX_TRANSMIT_BACKLOG {
+            return Err(SessionError::Backlog(provoked));
         }
         if let Frame::Open {
             stream,

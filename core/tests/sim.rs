@@ -601,6 +601,36 @@ fn a_peer_that_provokes_frames_it_never_reads_hits_the_backlog_bound() {
 }
 
 #[test]
+fn our_own_data_within_the_windows_never_counts_as_backlog() {
+    // Many streams, each sending a whole window, while the driver does not get to write:
+    // far more than MAX_TRANSMIT_BACKLOG queued, and the session keeps taking input.
+    let window = 1 << 20;
+    let mut p = Pair::new(SessionConfig {
+        window,
+        max_frame: 1 << 20,
+        max_streams: 64,
+        ..SessionConfig::default()
+    });
+    let ids: Vec<StreamId> = (0..8).map(|_| p.open_established("bulk")).collect();
+    let chunk = vec![9u8; 64 << 10];
+    for id in &ids {
+        for _ in 0..(window as usize / chunk.len()) {
+            p.agent.session.send_data(p.now, *id, &chunk).unwrap();
+        }
+        p.agent
+            .session
+            .send_data_from(p.now, *id, |_, _| Ok::<_, ()>(0))
+            .unwrap()
+            .unwrap();
+    }
+    assert!(p.agent.session.transmit().len() > MAX_TRANSMIT_BACKLOG);
+    // A frame from the hub still goes through.
+    let mut raw = Vec::new();
+    frame::encode_window(&mut raw, ids[0], 1);
+    assert!(p.inject(true, &raw).is_ok());
+}
+
+#[test]
 fn data_appended_in_place_is_a_normal_frame_within_credit() {
     let mut p = Pair::small();
     let id = p.open_established("pg");
