@@ -1,8 +1,9 @@
 //! Opening a session: TCP to the hub (directly or through an HTTP CONNECT proxy), TLS for
-//! `wss://`, the WebSocket upgrade with the bearer token, HELLO, and the hub's WELCOME.
+//! `wss://`, the WebSocket upgrade with the access token (Bearer, or DPoP with a fresh
+//! proof), HELLO, and the hub's WELCOME.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use nowconnect_core::config::WsUrl;
 use nowconnect_core::control::{ControlError, ControlMessage, Hello, Welcome};
@@ -12,6 +13,7 @@ use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use crate::dpop::{self, DpopKey, ProofError};
 use crate::proxy::{self, ProxyUrl};
 use crate::token::TokenError;
 use crate::wire;
@@ -36,6 +38,9 @@ pub(crate) enum ConnectError {
     /// The token file could not be used.
     #[error(transparent)]
     Token(#[from] TokenError),
+    /// The DPoP proof could not be made.
+    #[error(transparent)]
+    Proof(#[from] ProofError),
     /// DNS resolution failed or returned nothing.
     #[error("cannot resolve {host}: {why}")]
     Resolve {
@@ -154,6 +159,8 @@ pub(crate) struct Target<'a> {
     pub(crate) tls: Option<&'a Arc<rustls::ClientConfig>>,
     /// The HTTP proxy to tunnel through, if any.
     pub(crate) proxy: Option<&'a ProxyUrl>,
+    /// The key for DPoP proofs: with it the token goes with the DPoP scheme and a proof.
+    pub(crate) dpop: Option<&'a DpopKey>,
 }
 
 /// Opens a session to `target` with `token`, sends `hello` and returns once WELCOME arrived,
@@ -195,7 +202,16 @@ async fn connect_inner(
 
     let mut key = [0u8; 16];
     getrandom::fill(&mut key).map_err(|e| std::io::Error::other(e.to_string()))?;
-    let authorization = format!("Bearer {token}");
+    let (authorization, proof) = match target.dpop {
+        Some(key) => {
+            let now = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            let proof = key.proof(&dpop::htu(url), token, now)?;
+            (format!("DPoP {token}"), Some(proof))
+        }
+        None => (format!("Bearer {token}"), None),
+    };
     let host = host_header(url);
     let mut out = Vec::with_capacity(512);
     let expected_accept = handshake::write_request(
@@ -205,7 +221,7 @@ async fn connect_inner(
             path: url.path_and_query(),
             key,
             authorization: Some(&authorization),
-            dpop: None,
+            dpop: proof.as_deref(),
             user_agent: crate::SOFTWARE,
         },
     );

@@ -14,6 +14,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::backoff::{self, Backoff, HEALTHY_AFTER};
 use crate::connect::{self, ConnectError, Target};
+use crate::dpop::DpopKey;
 use crate::health::Readiness;
 use crate::proxy::Proxies;
 use crate::session::{self, SessionParams};
@@ -37,6 +38,8 @@ pub(crate) struct Agent {
     pub(crate) lanes: Lanes,
     /// TLS configuration for `wss://` hubs.
     pub(crate) tls: Option<Arc<rustls::ClientConfig>>,
+    /// The key that signs DPoP proofs, when the token is DPoP-bound.
+    pub(crate) dpop: Option<DpopKey>,
     /// How long a target dial may take.
     pub(crate) dial_timeout: Duration,
     /// Sessions up, per hub.
@@ -183,6 +186,7 @@ async fn run_lane(
         url,
         tls: agent.tls.as_ref(),
         proxy: agent.proxies.for_url(url),
+        dpop: agent.dpop.as_ref(),
     };
     // The session a rotation replaces, until its replacement is up.
     let mut replaced: Option<oneshot::Sender<()>> = None;

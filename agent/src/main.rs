@@ -5,7 +5,7 @@
 //!
 //! - [`lanes`]: one task per hub lane, reconnecting with [`backoff`] forever.
 //! - [`connect`]: TCP (through a [`proxy`] with `trust_env`), [`tls`], the upgrade with the
-//!   [`token`], HELLO and WELCOME.
+//!   [`token`] (and a [`dpop`] proof when the token is DPoP-bound), HELLO and WELCOME.
 //! - [`session`]: a session's reader and writer tasks around the core session.
 //! - [`stream`]: dialling a target and piping one stream.
 //! - [`wire`]: masked WebSocket frames and binary messages.
@@ -21,6 +21,7 @@
 mod backoff;
 mod clock;
 mod connect;
+mod dpop;
 mod health;
 mod lanes;
 mod proxy;
@@ -41,6 +42,7 @@ use nowconnect_core::config::{AgentConfig, LogFormat, LogLevel};
 use tokio::sync::{mpsc, watch};
 use tracing_subscriber::filter::LevelFilter;
 
+use crate::dpop::DpopKey;
 use crate::health::Readiness;
 use crate::lanes::Agent;
 use crate::proxy::Proxies;
@@ -83,10 +85,16 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    if let Err(line) = check_supported(&config) {
-        eprintln!("nowconnect-agent: {line}");
-        return ExitCode::from(EXIT_CONFIG);
-    }
+    let dpop = match &config.dpop_key_file {
+        Some(path) => match DpopKey::load(path) {
+            Ok(key) => Some(key),
+            Err(err) => {
+                eprintln!("nowconnect-agent: {err}");
+                return ExitCode::from(EXIT_CONFIG);
+            }
+        },
+        None => None,
+    };
     let proxies = if config.trust_env {
         match Proxies::from_env(|name| std::env::var(name).ok()) {
             Ok(proxies) => proxies,
@@ -129,20 +137,10 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let code = runtime.block_on(run(config, tls, proxies));
+    let code = runtime.block_on(run(config, tls, proxies, dpop));
     // A DNS lookup stuck in a blocking thread must not hold up the exit.
     runtime.shutdown_timeout(Duration::from_secs(1));
     code
-}
-
-/// Refuses options this version cannot honour, rather than silently ignoring them.
-fn check_supported(config: &AgentConfig) -> Result<(), &'static str> {
-    if config.dpop_key_file.is_some() {
-        return Err(
-            "dpop_key_file (NC_DPOP_KEY_FILE) is set, but this version does not support DPoP proofs; unset it",
-        );
-    }
-    Ok(())
 }
 
 /// Text logs on stderr by default, JSON lines with `log_format: json`.
@@ -169,6 +167,7 @@ async fn run(
     config: AgentConfig,
     tls: Option<Arc<rustls::ClientConfig>>,
     proxies: Proxies,
+    dpop: Option<DpopKey>,
 ) -> ExitCode {
     let readiness = Arc::new(Readiness::new(config.hub_urls.len()));
     if let Some(addr) = config.health_addr {
@@ -215,6 +214,13 @@ async fn run(
             "proxy variables are set but trust_env (NC_TRUST_ENV) is false: connecting directly"
         );
     }
+    if let Some(key) = &dpop {
+        tracing::info!(
+            alg = key.alg(),
+            jkt = key.thumbprint(),
+            "DPoP proofs enabled: the token must carry this key's thumbprint as cnf.jkt"
+        );
+    }
     let token = token::watch(config.token_file.clone()).await;
     let agent = Arc::new(Agent {
         hubs: config.hub_urls,
@@ -225,6 +231,7 @@ async fn run(
         connectors: Arc::new(config.connectors),
         lanes: config.lanes,
         tls,
+        dpop,
         dial_timeout: Duration::from_millis(config.dial_timeout_ms),
         readiness,
         shutdown: shutdown_rx,
@@ -281,44 +288,6 @@ async fn wait_for_signal() -> std::io::Result<&'static str> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn config(extra: &[(&str, &str)]) -> AgentConfig {
-        let mut vars = vec![
-            ("NC_HUB_URL", "ws://127.0.0.1:1/nowconnect/v1/tunnel"),
-            ("NC_AGENT_ID", "a1"),
-            ("NC_TOKEN_FILE", "/tmp/token"),
-            ("NC_CONNECTORS", "echo=127.0.0.1:7000"),
-        ];
-        vars.extend_from_slice(extra);
-        AgentConfig::load(None, |name| {
-            vars.iter()
-                .find(|(k, _)| *k == name)
-                .map(|(_, v)| (*v).to_owned())
-        })
-        .unwrap()
-    }
-
-    #[test]
-    fn supported_options_pass() {
-        assert!(check_supported(&config(&[("NC_CA_FILE", "/etc/ca.pem")])).is_ok());
-        assert!(check_supported(&config(&[("NC_TRUST_ENV", "true")])).is_ok());
-        assert!(
-            check_supported(&config(&[
-                ("NC_CLIENT_CERT", "/c.pem"),
-                ("NC_CLIENT_KEY", "/k.pem"),
-            ]))
-            .is_ok()
-        );
-    }
-
-    #[test]
-    fn unsupported_options_are_named() {
-        let cases = [(("NC_DPOP_KEY_FILE", "/k.pem"), "NC_DPOP_KEY_FILE")];
-        for ((key, value), named) in cases {
-            let err = check_supported(&config(&[(key, value)])).unwrap_err();
-            assert!(err.contains(named), "{err}");
-        }
-    }
 
     #[test]
     fn cli_parses() {

@@ -38,9 +38,6 @@ pub fn load_config(path: &std::path::Path) -> Result<HubConfig, String> {
 fn refuse_unenforced(config: &HubConfig) -> Result<(), String> {
     let not_yet =
         |key: &str, remedy: &str| Err(format!("{key}: not enforced by this hub version; {remedy}"));
-    if config.security.dpop.required {
-        return not_yet("security.dpop.required", "set it to false");
-    }
     if config.pdp.is_some() {
         return not_yet("pdp", "remove the section");
     }

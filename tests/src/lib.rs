@@ -20,7 +20,9 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use aws_lc_rs::digest;
-use aws_lc_rs::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, KeyPair};
+use aws_lc_rs::signature::{
+    ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, Ed25519KeyPair, KeyPair,
+};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde_json::Value;
@@ -182,6 +184,58 @@ impl SigningKey {
         let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
         header.kid = Some(self.kid.clone());
         jsonwebtoken::encode(&header, &claims, &self.encoding).unwrap()
+    }
+}
+
+/// An agent's DPoP key (RFC 9449): its PKCS#8 PEM file, for `NC_DPOP_KEY_FILE`, and the
+/// RFC 7638 thumbprint a token binds it with (`cnf.jkt`), computed here rather than by the
+/// agent.
+pub struct DpopKey {
+    pub file: PathBuf,
+    pub jkt: String,
+}
+
+impl DpopKey {
+    /// A fresh P-256 key (ES256 proofs) written to `path`.
+    pub fn p256(path: &Path) -> DpopKey {
+        let pair = EcdsaKeyPair::generate(&ECDSA_P256_SHA256_FIXED_SIGNING).unwrap();
+        let point = pair.public_key().as_ref();
+        let canonical = format!(
+            r#"{{"crv":"P-256","kty":"EC","x":"{}","y":"{}"}}"#,
+            URL_SAFE_NO_PAD.encode(&point[1..33]),
+            URL_SAFE_NO_PAD.encode(&point[33..])
+        );
+        DpopKey::write(path, pair.to_pkcs8v1().unwrap().as_ref(), &canonical)
+    }
+
+    /// A fresh Ed25519 key (EdDSA proofs) written to `path`.
+    pub fn ed25519(path: &Path) -> DpopKey {
+        let pair = Ed25519KeyPair::generate().unwrap();
+        let canonical = format!(
+            r#"{{"crv":"Ed25519","kty":"OKP","x":"{}"}}"#,
+            URL_SAFE_NO_PAD.encode(pair.public_key().as_ref())
+        );
+        DpopKey::write(path, pair.to_pkcs8v1().unwrap().as_ref(), &canonical)
+    }
+
+    fn write(path: &Path, pkcs8: &[u8], canonical_jwk: &str) -> DpopKey {
+        let body = base64::engine::general_purpose::STANDARD.encode(pkcs8);
+        let mut pem = String::from("-----BEGIN PRIVATE KEY-----\n");
+        for line in body.as_bytes().chunks(64) {
+            pem.push_str(std::str::from_utf8(line).unwrap());
+            pem.push('\n');
+        }
+        pem.push_str("-----END PRIVATE KEY-----\n");
+        std::fs::write(path, pem).unwrap();
+        DpopKey {
+            file: path.to_owned(),
+            jkt: URL_SAFE_NO_PAD.encode(digest::digest(&digest::SHA256, canonical_jwk.as_bytes())),
+        }
+    }
+
+    /// `NC_DPOP_KEY_FILE` pointing at this key.
+    pub fn env(&self) -> (&'static str, &str) {
+        ("NC_DPOP_KEY_FILE", self.file.to_str().unwrap())
     }
 }
 

@@ -170,8 +170,9 @@ pub struct TunnelConfig {
     /// with `/`, be at most 1024 bytes of visible ASCII, and hold no `?` or `#`.
     pub path: String,
     /// The URL agents use to reach this tunnel, when it differs from what `listen` suggests
-    /// (behind a load balancer or ingress); informational. Default: absent. Must be a
-    /// `wss://` or `ws://` URL with a host and a path.
+    /// (behind a load balancer or ingress); DPoP proofs must name it as `htu` (without it,
+    /// the request's `Host` and path are used). Default: absent. Must be a `wss://` or
+    /// `ws://` URL with a host and a path.
     pub public_url: Option<WsUrl>,
     /// TLS on the tunnel listener. Default: absent, plain `ws://` (for a TLS-terminating
     /// ingress in front).
@@ -309,7 +310,9 @@ impl Default for SecurityConfig {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct DpopConfig {
-    /// Whether every agent must present a DPoP-bound token and proof. Default `false`.
+    /// Whether every agent must present a DPoP-bound token (`cnf.jkt`) with the DPoP scheme
+    /// and a valid proof (RFC 9449); Bearer tokens are then refused. Default `false`. Not
+    /// together with `security.mtls.require_bound_tokens`.
     pub required: bool,
 }
 
@@ -676,6 +679,16 @@ impl HubConfig {
                 true,
                 "needs client certificates",
                 "tunnel.tls with client_auth optional or required, or require_bound_tokens false",
+            ));
+        }
+        // A token binds a certificate or a DPoP key, never both (RFC 7800 cnf): requiring
+        // both would refuse every agent.
+        if security.mtls.require_bound_tokens && security.dpop.required {
+            return Err(ConfigError::invalid(
+                "security.dpop.required",
+                true,
+                "is set together with security.mtls.require_bound_tokens, which no token can satisfy",
+                "at most one of security.dpop.required and security.mtls.require_bound_tokens",
             ));
         }
         Ok(())

@@ -266,14 +266,7 @@ fn parse_key(raw: &Value) -> Result<KeyEntry, &'static str> {
             return Err("key_ops does not include verify");
         }
     }
-    let crv = text("crv")?;
-    let (key, mut algorithms) = match (kty, crv) {
-        ("RSA", _) => (rsa_key(jwk)?, RSA_ALGORITHMS.to_vec()),
-        ("EC", Some("P-256")) => (ec_key(jwk, 32)?, vec![Algorithm::ES256]),
-        ("EC", Some("P-384")) => (ec_key(jwk, 48)?, vec![Algorithm::ES384]),
-        ("OKP", Some("Ed25519")) => (ed_key(jwk)?, vec![Algorithm::EdDSA]),
-        _ => return Err("unsupported key type or curve"),
-    };
+    let (key, mut algorithms) = public_key(jwk)?;
     if let Some(alg) = text("alg")? {
         // Some identity providers advertise Ed25519 keys with the fully specified name.
         let alg = match alg {
@@ -289,6 +282,26 @@ fn parse_key(raw: &Value) -> Result<KeyEntry, &'static str> {
         kid: text("kid")?.map(str::to_owned),
         key,
         algorithms,
+    })
+}
+
+/// The verification key of a public JWK and the algorithms its type allows (RSA: RS* and PS*,
+/// 2048 bits or more; EC: ES256 on P-256, ES384 on P-384; OKP: EdDSA on Ed25519). Any other
+/// key type or curve, `oct` included, is refused. The caller checks `alg`, `use` and the like.
+pub(super) fn public_key(
+    jwk: &Map<String, Value>,
+) -> Result<(DecodingKey, Vec<Algorithm>), &'static str> {
+    let text = |name: &str| match jwk.get(name) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.as_str())),
+        Some(_) => Err("a member is not a string"),
+    };
+    Ok(match (text("kty")?, text("crv")?) {
+        (Some("RSA"), _) => (rsa_key(jwk)?, RSA_ALGORITHMS.to_vec()),
+        (Some("EC"), Some("P-256")) => (ec_key(jwk, 32)?, vec![Algorithm::ES256]),
+        (Some("EC"), Some("P-384")) => (ec_key(jwk, 48)?, vec![Algorithm::ES384]),
+        (Some("OKP"), Some("Ed25519")) => (ed_key(jwk)?, vec![Algorithm::EdDSA]),
+        _ => return Err("unsupported key type or curve"),
     })
 }
 

@@ -1,23 +1,30 @@
-//! Validating the bearer token of an agent's upgrade request.
+//! Validating the credentials of an agent's upgrade request.
 //!
-//! The checks, in order: the `Authorization` header holds `Bearer <JWT>`; the token is at
-//! most [`MAX_TOKEN_BYTES`] and a three-part JWS; its header names an algorithm of
+//! [`Authenticator::authenticate`] takes the whole request. The token checks, in order: the
+//! `Authorization` header holds `Bearer <JWT>` or `DPoP <JWT>`; the token is at most
+//! [`MAX_TOKEN_BYTES`] and a three-part JWS; its header names an algorithm of
 //! [`SUPPORTED_ALGORITHMS`](super::SUPPORTED_ALGORITHMS) and no critical extension; a key of
 //! the JWKS matches its `kid` and algorithm; the signature verifies; then the claims: `exp`
-//! (required), `nbf` (when present), `aud`, `iss` (when configured) and `agent_id`.
+//! (required), `nbf` (when present), `aud`, `iss` (when configured) and `agent_id`. Then the
+//! token's binding (`cnf`): with the Bearer scheme a certificate-bound token needs that
+//! certificate and a DPoP-bound one is refused; with the DPoP scheme the `DPoP` proof
+//! ([`dpop`](super::dpop)) must be valid, made with the key of `cnf.jkt` and for this token.
 //!
 //! Time is passed in, never read: `exp` and `nbf` are checked against the caller's `now`
 //! with [`LEEWAY_SECS`] of tolerance for clock skew.
 
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jsonwebtoken::Algorithm;
-use nowconnect_core::config::SecurityConfig;
+use nowconnect_core::config::{SecurityConfig, TunnelConfig};
 use serde_json::{Map, Value};
 
+use super::dpop::{
+    Admission, DpopFailure, Proof, REPLAY_CACHE_CAPACITY, ReplayCache, normalize_htu, request_htu,
+};
 use super::jwks::{JwksStore, KeyLookup, KeySet, supported_algorithm};
 
 /// The longest token accepted, in bytes; longer ones are refused before any decoding.
@@ -167,6 +174,9 @@ pub enum AuthFailure {
     /// The token's `cnf` binding does not hold on this connection.
     #[error("binding refused: {0}")]
     Binding(BindingFailure),
+    /// The DPoP proof, or the use of the DPoP scheme, was refused.
+    #[error("{0}")]
+    Dpop(DpopFailure),
 }
 
 impl AuthFailure {
@@ -191,16 +201,97 @@ impl AuthFailure {
             ) => "cert_binding",
             AuthFailure::Binding(BindingFailure::DpopAsBearer) => "dpop_binding",
             AuthFailure::Binding(BindingFailure::Unbound) => "unbound_token",
+            AuthFailure::Dpop(failure) => failure.reason(),
         }
     }
 
-    /// The `WWW-Authenticate` value of the `401` answer: a bare `Bearer` challenge when no
-    /// credentials were sent (RFC 6750 §3.1), `Bearer error="invalid_token"` otherwise.
+    /// The `WWW-Authenticate` value of the `401` answer to a request that used the Bearer
+    /// scheme: see [`challenge`](Self::challenge).
     pub fn www_authenticate(&self) -> &'static str {
-        match self {
-            AuthFailure::Missing => "Bearer",
-            _ => r#"Bearer error="invalid_token""#,
+        self.challenge(Scheme::Bearer)
+    }
+
+    /// The `WWW-Authenticate` value of the `401` answer, in `scheme`: a bare challenge when
+    /// no credentials were sent (RFC 6750 §3.1), `error="invalid_dpop_proof"` for a refused
+    /// proof (in the DPoP scheme whatever the request used, RFC 9449 §7.1), and
+    /// `error="invalid_token"` for everything else.
+    pub fn challenge(&self, scheme: Scheme) -> &'static str {
+        match (self, scheme) {
+            (AuthFailure::Dpop(failure), _) if !failure.is_token_problem() => {
+                r#"DPoP error="invalid_dpop_proof""#
+            }
+            (AuthFailure::Dpop(_), _) => r#"DPoP error="invalid_token""#,
+            (AuthFailure::Missing, Scheme::Bearer) => "Bearer",
+            (AuthFailure::Missing, Scheme::Dpop) => "DPoP",
+            (_, Scheme::Bearer) => r#"Bearer error="invalid_token""#,
+            (_, Scheme::Dpop) => r#"DPoP error="invalid_token""#,
         }
+    }
+}
+
+/// The authentication scheme of an upgrade request (RFC 6750, RFC 9449).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scheme {
+    /// `Authorization: Bearer <token>`.
+    Bearer,
+    /// `Authorization: DPoP <token>` with a `DPoP: <proof>` header.
+    Dpop,
+}
+
+/// What an upgrade request presents to authenticate. Its `Debug` shows lengths and counts,
+/// never a credential.
+#[derive(Clone, Copy, Default)]
+pub struct Credentials<'a> {
+    /// The first `Authorization` header's raw value.
+    pub authorization: Option<&'a [u8]>,
+    /// How many `Authorization` headers were sent.
+    pub authorization_count: usize,
+    /// The first `DPoP` header's raw value.
+    pub dpop: Option<&'a [u8]>,
+    /// How many `DPoP` headers were sent.
+    pub dpop_count: usize,
+    /// The `Host` header, for a proof's `htu` when `tunnel.public_url` is not set.
+    pub host: &'a str,
+    /// The request path, for a proof's `htu` when `tunnel.public_url` is not set.
+    pub path: &'a str,
+    /// The DER of the agent's TLS client certificate, if it sent one.
+    pub certificate: Option<&'a [u8]>,
+}
+
+impl fmt::Debug for Credentials<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Credentials")
+            .field("authorization_len", &self.authorization.map(<[u8]>::len))
+            .field("authorization_count", &self.authorization_count)
+            .field("dpop_len", &self.dpop.map(<[u8]>::len))
+            .field("dpop_count", &self.dpop_count)
+            .field("host", &self.host)
+            .field("path", &self.path)
+            .field("certificate", &self.certificate.is_some())
+            .finish()
+    }
+}
+
+/// A refused upgrade: why, and the scheme its challenge is written in.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{failure}")]
+pub struct Refusal {
+    /// Why the request was refused; its [`reason`](AuthFailure::reason) labels the metric.
+    pub failure: AuthFailure,
+    /// The request's scheme, or the hub's preferred one when the request named none it
+    /// knows (DPoP with `security.dpop.required`, Bearer otherwise).
+    pub scheme: Scheme,
+}
+
+impl Refusal {
+    /// The metric label.
+    pub fn reason(&self) -> &'static str {
+        self.failure.reason()
+    }
+
+    /// The `WWW-Authenticate` value of the `401` answer.
+    pub fn www_authenticate(&self) -> &'static str {
+        self.failure.challenge(self.scheme)
     }
 }
 
@@ -220,6 +311,15 @@ struct Inner {
     issuer: Option<String>,
     /// `security.mtls.require_bound_tokens`.
     require_bound_tokens: bool,
+    /// `security.dpop.required`.
+    dpop_required: bool,
+    /// The normalised `tunnel.public_url`, which a proof's `htu` must name; `None` to use
+    /// the request's `Host` and path instead.
+    public_htu: Option<String>,
+    /// Whether the tunnel listener serves TLS: the scheme of the request's own URI.
+    tls: bool,
+    /// Proofs accepted within their window, shared by every shard.
+    replay: Mutex<ReplayCache>,
     store: JwksStore,
 }
 
@@ -228,38 +328,161 @@ impl fmt::Debug for Authenticator {
         f.debug_struct("Authenticator")
             .field("audience", &self.inner.audience)
             .field("issuer", &self.inner.issuer)
+            .field("dpop_required", &self.inner.dpop_required)
+            .field("public_htu", &self.inner.public_htu)
             .field("store", &self.inner.store)
             .finish()
     }
 }
 
 impl Authenticator {
-    /// An authenticator for `security.audience` and `security.issuer`, verifying with the
-    /// keys of `store`.
-    pub fn new(security: &SecurityConfig, store: JwksStore) -> Authenticator {
+    /// An authenticator for the `security` section, verifying with the keys of `store`.
+    /// From `tunnel` it takes the URI DPoP proofs must name: `public_url` when set, else the
+    /// request's `Host` and path with `https` when `tls` is set, `http` otherwise.
+    pub fn new(
+        security: &SecurityConfig,
+        tunnel: &TunnelConfig,
+        store: JwksStore,
+    ) -> Authenticator {
         let non_empty = |value: &Option<String>| value.clone().filter(|v| !v.is_empty());
         Authenticator {
             inner: Arc::new(Inner {
                 audience: non_empty(&security.audience),
                 issuer: non_empty(&security.issuer),
                 require_bound_tokens: security.mtls.require_bound_tokens,
+                dpop_required: security.dpop.required,
+                public_htu: tunnel
+                    .public_url
+                    .as_ref()
+                    .and_then(|url| normalize_htu(url.as_str())),
+                tls: tunnel.tls.is_some(),
+                replay: Mutex::new(ReplayCache::new(REPLAY_CACHE_CAPACITY)),
                 store,
             }),
         }
     }
 
-    /// Validates the raw `Authorization` header value (`None` when absent) at `now_unix`
-    /// (seconds since the epoch).
+    /// Authenticates an upgrade request at `now_unix` (seconds since the epoch): the token
+    /// (signature and claims), then, with the Bearer scheme, its binding as
+    /// [`check_binding`](Self::check_binding) does; with the DPoP scheme, the proof, that it
+    /// was made for this token with the key the token is bound to, and that it was not used
+    /// before.
     ///
     /// When no key matches the token's `kid`, asks the store for a refresh
     /// ([`JwksStore::refresh_for_unknown_kid`]) and tries once more with the set it
     /// returns.
-    pub async fn verify(
+    ///
+    /// More than one `Authorization` header is refused as malformed; with
+    /// `security.dpop.required` the Bearer scheme is refused before the token is looked at.
+    pub async fn authenticate(
+        &self,
+        request: &Credentials<'_>,
+        now_unix: u64,
+    ) -> Result<Identity, Refusal> {
+        let preferred = if self.inner.dpop_required {
+            Scheme::Dpop
+        } else {
+            Scheme::Bearer
+        };
+        let refuse = |failure, scheme| Refusal { failure, scheme };
+        if request.authorization_count > 1 {
+            let failure = AuthFailure::Malformed("more than one Authorization header");
+            return Err(refuse(failure, preferred));
+        }
+        let (scheme, token) = match credentials(request.authorization) {
+            Ok(found) => found,
+            Err((scheme, failure)) => return Err(refuse(failure, scheme.unwrap_or(preferred))),
+        };
+        match scheme {
+            Scheme::Bearer if self.inner.dpop_required => Err(refuse(
+                AuthFailure::Dpop(DpopFailure::Required),
+                Scheme::Dpop,
+            )),
+            Scheme::Bearer => {
+                let identity = self.verify_token(token, now_unix).await;
+                identity
+                    .and_then(|identity| {
+                        self.check_binding(&identity, request.certificate)
+                            .map(|()| identity)
+                    })
+                    .map_err(|failure| refuse(failure, preferred))
+            }
+            Scheme::Dpop => self
+                .verify_dpop(request, token, now_unix)
+                .await
+                .map_err(|failure| refuse(failure, Scheme::Dpop)),
+        }
+    }
+
+    /// The DPoP scheme: exactly one proof, valid on its own, then the token, then what ties
+    /// the two together, and last the replay check, so that only proofs that passed
+    /// everything take room in the replay cache.
+    async fn verify_dpop(
+        &self,
+        request: &Credentials<'_>,
+        token: &str,
+        now: u64,
+    ) -> Result<Identity, AuthFailure> {
+        let dpop = |failure| AuthFailure::Dpop(failure);
+        let raw = match (request.dpop, request.dpop_count) {
+            (Some(raw), 1) => raw,
+            (_, count) => return Err(dpop(DpopFailure::Headers(count))),
+        };
+        let expected_htu = match &self.inner.public_htu {
+            Some(htu) => htu.clone(),
+            None => request_htu(self.inner.tls, request.host, request.path)
+                .ok_or(dpop(DpopFailure::Htu("the request's Host is not usable")))?,
+        };
+        let proof = Proof::parse(raw, &expected_htu, now).map_err(dpop)?;
+        let identity = self.verify_token(token, now).await?;
+        match &identity.binding {
+            Binding::DpopKey(jkt) if *jkt == proof.thumbprint => {}
+            Binding::DpopKey(_) => return Err(dpop(DpopFailure::Jkt)),
+            Binding::None | Binding::Certificate(_) => return Err(dpop(DpopFailure::Unbound)),
+        }
+        proof.check_ath(token).map_err(dpop)?;
+        if self.inner.require_bound_tokens {
+            // That setting asks for certificate-bound tokens; a DPoP-bound one is not.
+            return Err(AuthFailure::Binding(BindingFailure::Unbound));
+        }
+        // A poisoned lock means a panic mid-admission; the cache itself is still consistent.
+        let mut replay = self
+            .inner
+            .replay
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        match replay.admit(&proof.thumbprint, &proof.jti, proof.acceptable_until(), now) {
+            Admission::Fresh => Ok(identity),
+            Admission::Replayed => Err(dpop(DpopFailure::Replay)),
+            Admission::Full => Err(dpop(DpopFailure::ReplayCacheFull)),
+        }
+    }
+
+    /// The shared replay cache, for tests that fill or inspect it.
+    #[cfg(test)]
+    pub(super) fn replay_cache_for_tests(&self) -> std::sync::MutexGuard<'_, ReplayCache> {
+        self.inner
+            .replay
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Validates only the token of the raw `Authorization` header value (`None` when absent)
+    /// at `now_unix`, under either scheme, leaving out its binding and any DPoP proof; for
+    /// tests of the token checks. Requests go through [`authenticate`](Self::authenticate).
+    #[cfg(test)]
+    pub(super) async fn verify(
         &self,
         authorization: Option<&[u8]>,
         now_unix: u64,
     ) -> Result<Identity, AuthFailure> {
-        let token = bearer_token(authorization)?;
+        let (_, token) = credentials(authorization).map_err(|(_, failure)| failure)?;
+        self.verify_token(token, now_unix).await
+    }
+
+    /// The token checks: shape, signature with a key of the JWKS (refreshed once for an
+    /// unknown `kid`), then the claims.
+    async fn verify_token(&self, token: &str, now_unix: u64) -> Result<Identity, AuthFailure> {
         let parsed = ParsedToken::parse(token)?;
         let store = &self.inner.store;
         let first = self.check(&parsed, &store.current(), now_unix);
@@ -275,7 +498,7 @@ impl Authenticator {
         }
     }
 
-    /// Checks that a token accepted by [`verify`](Self::verify) may be used on this
+    /// Checks that a token whose signature and claims passed may be used on this
     /// connection: a certificate-bound token needs the very certificate it names
     /// (`certificate` is the DER of the agent's TLS client certificate, if it sent one), a
     /// DPoP-bound token is refused with the Bearer scheme, and with
@@ -400,43 +623,54 @@ impl Authenticator {
     }
 }
 
-/// Takes the token out of `Bearer <token>` (RFC 6750 §2.1; the scheme is case-insensitive,
-/// RFC 9110 §11.1), checking its length before anything else.
-fn bearer_token(authorization: Option<&[u8]>) -> Result<&str, AuthFailure> {
-    let value = authorization.ok_or(AuthFailure::Missing)?;
+/// Takes the scheme and token out of `Bearer <token>` (RFC 6750 §2.1) or `DPoP <token>`
+/// (RFC 9449 §7.1); the scheme is case-insensitive (RFC 9110 §11.1). The length is checked
+/// before anything else. A failure carries the scheme when one was recognised, for the
+/// challenge.
+fn credentials(
+    authorization: Option<&[u8]>,
+) -> Result<(Scheme, &str), (Option<Scheme>, AuthFailure)> {
+    let value = authorization.ok_or((None, AuthFailure::Missing))?;
     if value.len() > MAX_TOKEN_BYTES + MAX_HEADER_OVERHEAD {
-        return Err(AuthFailure::TooLarge { len: value.len() });
+        return Err((None, AuthFailure::TooLarge { len: value.len() }));
     }
     let value = value.trim_ascii();
     if value.is_empty() {
-        return Err(AuthFailure::Malformed("the Authorization header is empty"));
+        let failure = AuthFailure::Malformed("the Authorization header is empty");
+        return Err((None, failure));
     }
     let (scheme, token) = match value.iter().position(|b| *b == b' ') {
         Some(space) => (&value[..space], value[space..].trim_ascii_start()),
         None => (value, &[][..]),
     };
-    if scheme.eq_ignore_ascii_case(b"DPoP") {
-        return Err(AuthFailure::Malformed("the DPoP scheme is not supported"));
-    }
-    if !scheme.eq_ignore_ascii_case(b"Bearer") {
-        return Err(AuthFailure::Malformed("the scheme is not Bearer"));
-    }
+    let scheme = if scheme.eq_ignore_ascii_case(b"Bearer") {
+        Scheme::Bearer
+    } else if scheme.eq_ignore_ascii_case(b"DPoP") {
+        Scheme::Dpop
+    } else {
+        let failure = AuthFailure::Malformed("the scheme is neither Bearer nor DPoP");
+        return Err((None, failure));
+    };
+    let fail = |failure| Err((Some(scheme), failure));
     if token.is_empty() {
-        return Err(AuthFailure::Malformed("no token after Bearer"));
+        return fail(AuthFailure::Malformed("no token after the scheme"));
     }
     if token.len() > MAX_TOKEN_BYTES {
-        return Err(AuthFailure::TooLarge { len: token.len() });
+        return fail(AuthFailure::TooLarge { len: token.len() });
     }
     if !token
         .iter()
         .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
     {
-        return Err(AuthFailure::Malformed(
+        return fail(AuthFailure::Malformed(
             "the token holds characters other than base64url and dots",
         ));
     }
     // Only ASCII remains.
-    std::str::from_utf8(token).map_err(|_| AuthFailure::Malformed("the token is not ASCII"))
+    match std::str::from_utf8(token) {
+        Ok(token) => Ok((scheme, token)),
+        Err(_) => fail(AuthFailure::Malformed("the token is not ASCII")),
+    }
 }
 
 /// A JWS in compact form, split, with its header decoded but nothing trusted yet.
@@ -534,7 +768,10 @@ fn unknown_kid(kid: Option<&str>) -> String {
 
 /// A NumericDate claim (RFC 7519 §2): a non-negative number of seconds; fractions are
 /// dropped. `None` when absent.
-fn numeric(claims: &Map<String, Value>, claim: &'static str) -> Result<Option<u64>, AuthFailure> {
+pub(super) fn numeric(
+    claims: &Map<String, Value>,
+    claim: &'static str,
+) -> Result<Option<u64>, AuthFailure> {
     let invalid = AuthFailure::Claim {
         claim,
         problem: "is not a non-negative number",

@@ -237,7 +237,7 @@ fn start(config: HubConfig) -> Result<ExitCode, String> {
     let health = Arc::new(Health::new(shards));
     let metrics = Arc::new(HubMetrics::new(&connectors, shards));
     let (store, requests) = JwksStore::new();
-    let auth = Authenticator::new(&config.security, store.clone());
+    let auth = Authenticator::new(&config.security, &config.tunnel, store.clone());
     let jwks_url = config
         .security
         .jwks_url

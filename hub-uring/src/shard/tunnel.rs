@@ -21,6 +21,7 @@ use nowconnect_core::ws::{self, CloseCode};
 use super::session::SessionCtx;
 use super::transport::Conn;
 use super::{ShardCtx, now_unix};
+use crate::auth::Credentials;
 
 /// A refusal before the session exists.
 struct Refused {
@@ -147,25 +148,26 @@ async fn establish(
                     tracing::warn!(%peer, path = value.path, "agent connection refused: unknown path");
                     return Err(http_refusal("path", 404, &[]));
                 }
-                let authorization = value.authorization;
                 let certificate = stream.peer_certificate();
-                let verified = match shared.auth.verify(authorization, now_unix()).await {
-                    Ok(identity) => shared
-                        .auth
-                        .check_binding(&identity, certificate.as_deref())
-                        .map(|()| identity),
-                    Err(failure) => Err(failure),
+                let credentials = Credentials {
+                    authorization: value.authorization,
+                    authorization_count: value.authorization_count,
+                    dpop: value.dpop,
+                    dpop_count: value.dpop_count,
+                    host: value.host,
+                    path: value.path,
+                    certificate: certificate.as_deref(),
                 };
-                let identity = match verified {
+                let identity = match shared.auth.authenticate(&credentials, now_unix()).await {
                     Ok(identity) => identity,
-                    Err(failure) => {
-                        shared.metrics.auth_failure(failure.reason());
-                        tracing::warn!(%peer, reason = failure.reason(), detail = %failure,
+                    Err(refusal) => {
+                        shared.metrics.auth_failure(refusal.reason());
+                        tracing::warn!(%peer, reason = refusal.reason(), detail = %refusal,
                             "agent refused: authentication failed");
                         return Err(http_refusal(
                             "auth",
                             401,
-                            &[("WWW-Authenticate", failure.www_authenticate())],
+                            &[("WWW-Authenticate", refusal.www_authenticate())],
                         ));
                     }
                 };

@@ -634,6 +634,18 @@ fn bound_tokens_need_client_certificates() {
 }
 
 #[test]
+fn dpop_and_certificate_binding_cannot_both_be_required() {
+    let tls = "tunnel: { tls: { cert_file: c, key_file: k, client_auth: required } }\n";
+    let both = "security: { jwks_url: https://idp/jwks, audience: nc, dpop: { required: true }, mtls: { require_bound_tokens: true } }\n";
+    let err = HubConfig::load(&format!("{both}{tls}"), no_env).unwrap_err();
+    assert_one_line(&err);
+    assert_key(&err, "security.dpop.required");
+    let dpop = "security: { jwks_url: https://idp/jwks, audience: nc, dpop: { required: true } }\n";
+    let c = HubConfig::load(dpop, no_env).unwrap();
+    assert!(c.security.dpop.required);
+}
+
+#[test]
 fn listen_addresses_must_be_distinct() {
     let cases = [
         (

@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use jsonwebtoken::Algorithm;
+use nowconnect_core::config::TunnelConfig;
 use serde_json::json;
 
 use super::support::{
@@ -145,7 +146,7 @@ async fn rotation_over_http_is_picked_up_on_an_unknown_kid() {
     let (store, loads) = start_refresher(&server.url, Duration::ZERO);
     loaded(&store).await;
     assert_eq!(loads.load(Ordering::SeqCst), 1);
-    let auth = Authenticator::new(&security(), store.clone());
+    let auth = Authenticator::new(&security(), &TunnelConfig::default(), store.clone());
     verify(&auth, &old.sign(&claims())).await.unwrap();
     assert_eq!(server.hits(), 1);
 
@@ -168,7 +169,7 @@ async fn unknown_kid_refresh_is_rate_limited() {
     let server = JwksServer::start(&jwks(&[&old])).await;
     let (store, _) = start_refresher(&server.url, Duration::from_secs(3600));
     loaded(&store).await;
-    let auth = Authenticator::new(&security(), store.clone());
+    let auth = Authenticator::new(&security(), &TunnelConfig::default(), store.clone());
     server.set(200, jwks(&[&old, &new]));
 
     // The first unknown kid after the scheduled load refetches at once: rotation is picked up.
@@ -201,7 +202,7 @@ async fn refresh_without_the_kid_leaves_it_unknown() {
     let server = JwksServer::start(&jwks(&[&known])).await;
     let (store, _) = start_refresher(&server.url, Duration::ZERO);
     loaded(&store).await;
-    let auth = Authenticator::new(&security(), store);
+    let auth = Authenticator::new(&security(), &TunnelConfig::default(), store);
     assert_eq!(
         refused(&auth, &stranger.sign(&claims())).await,
         "unknown_kid"
@@ -216,7 +217,7 @@ async fn rotation_from_a_file_is_picked_up() {
     let file = JwksFile::new(&jwks(&[&old]));
     let (store, loads) = start_refresher(&file.url(), Duration::ZERO);
     loaded(&store).await;
-    let auth = Authenticator::new(&security(), store.clone());
+    let auth = Authenticator::new(&security(), &TunnelConfig::default(), store.clone());
     verify(&auth, &old.sign(&claims())).await.unwrap();
 
     file.write(jwks(&[&old, &new]).as_bytes());
@@ -233,7 +234,7 @@ async fn failed_refresh_keeps_the_last_good_set() {
     let server = JwksServer::start(&jwks(&[&good])).await;
     let (store, loads) = start_refresher(&server.url, Duration::ZERO);
     loaded(&store).await;
-    let auth = Authenticator::new(&security(), store.clone());
+    let auth = Authenticator::new(&security(), &TunnelConfig::default(), store.clone());
 
     let oct_only = r#"{"keys":[{"kty":"oct","kid":"s","k":"c2VjcmV0"}]}"#;
     let oversized = format!("{{\"keys\":[],\"pad\":\"{}\"}}", "x".repeat(MAX_JWKS_BYTES));
@@ -261,7 +262,7 @@ async fn failed_refresh_keeps_the_last_good_set() {
     let (store, _) = start_refresher(&file.url(), Duration::ZERO);
     loaded(&store).await;
     std::fs::remove_file(&file.path).unwrap();
-    let auth = Authenticator::new(&security(), store.clone());
+    let auth = Authenticator::new(&security(), &TunnelConfig::default(), store.clone());
     assert_eq!(
         refused(&auth, &stranger.sign(&claims())).await,
         "unknown_kid"
@@ -277,7 +278,7 @@ async fn first_load_is_retried_until_it_succeeds() {
     let (store, loads) = start_refresher(&server.url, Duration::ZERO);
     eventually("two attempts were made", || server.hits() >= 2).await;
     assert!(!store.is_loaded());
-    let auth = Authenticator::new(&security(), store.clone());
+    let auth = Authenticator::new(&security(), &TunnelConfig::default(), store.clone());
     assert_eq!(
         refused(&auth, &key.sign(&claims())).await,
         "jwks_unavailable"
@@ -352,7 +353,7 @@ fn refresher_can_run_on_a_multi_threaded_runtime() {
     let (store, requests) = JwksStore::new();
     let future = crate::auth::refresher("file:///x".to_owned(), store.clone(), requests, || {});
     assert_send(&future);
-    let auth = Authenticator::new(&security(), store);
+    let auth = Authenticator::new(&security(), &TunnelConfig::default(), store);
     assert_send(&auth.verify(None, 0));
     fn assert_sync<T: Send + Sync + Clone>() {}
     assert_sync::<Authenticator>();

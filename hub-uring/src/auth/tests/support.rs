@@ -13,7 +13,7 @@ use aws_lc_rs::signature::{
 use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
-use nowconnect_core::config::SecurityConfig;
+use nowconnect_core::config::{SecurityConfig, TunnelConfig};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
@@ -134,6 +134,29 @@ impl TestKey {
     pub(super) fn sign_with_header(&self, header: &Header, claims: &Value) -> String {
         jsonwebtoken::encode(header, claims, &self.encoding).unwrap()
     }
+
+    /// Signs `claims` under a header given as JSON, as is, with the key's algorithm.
+    pub(super) fn sign_json(&self, header: &Value, claims: &Value) -> String {
+        let input = format!(
+            "{}.{}",
+            b64(header.to_string().as_bytes()),
+            b64(claims.to_string().as_bytes())
+        );
+        let signature =
+            jsonwebtoken::crypto::sign(input.as_bytes(), &self.encoding, self.alg).unwrap();
+        format!("{input}.{signature}")
+    }
+
+    /// The public JWK with only the members RFC 7638 and RFC 9449 need (no `kid`, `use`,
+    /// `alg`).
+    pub(super) fn public_jwk(&self) -> Value {
+        let mut jwk = self.jwk.clone();
+        let object = jwk.as_object_mut().unwrap();
+        for member in ["kid", "use", "alg"] {
+            object.remove(member);
+        }
+        jwk
+    }
 }
 
 pub(super) fn b64(bytes: &[u8]) -> String {
@@ -196,7 +219,11 @@ pub(super) fn store_without_refresher(text: Option<&str>) -> JwksStore {
 
 /// An authenticator over a store already holding `keys`, with no refresher behind it.
 pub(super) fn authenticator(keys: &[&TestKey]) -> Authenticator {
-    Authenticator::new(&security(), store_without_refresher(Some(&jwks(keys))))
+    Authenticator::new(
+        &security(),
+        &TunnelConfig::default(),
+        store_without_refresher(Some(&jwks(keys))),
+    )
 }
 
 /// Verifies `Bearer <token>` at [`NOW`].
