@@ -28,8 +28,8 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use jsonwebtoken::{Algorithm, DecodingKey};
-use nowconnect_core::config::SecurityConfig;
-use nowconnect_hub::auth::{Authenticator, JwksStore, KeySet};
+use nowconnect_core::config::{SecurityConfig, TunnelConfig};
+use nowconnect_hub::auth::{Authenticator, Credentials, JwksStore, KeySet};
 use serde_json::{Value, json};
 
 /// The time of every check.
@@ -163,7 +163,7 @@ fn verify(c: &mut Criterion) {
         issuer: Some(ISSUER.to_owned()),
         ..SecurityConfig::default()
     };
-    let auth = Authenticator::new(&security, store);
+    let auth = Authenticator::new(&security, &TunnelConfig::default(), store);
 
     let mut group = c.benchmark_group("jwt");
     for key in &keys {
@@ -172,7 +172,7 @@ fn verify(c: &mut Criterion) {
         let (input, sig_b64) = key.token.rsplit_once('.').expect("three parts");
         let sig = URL_SAFE_NO_PAD.decode(sig_b64).expect("signature");
 
-        let identity = ready(auth.verify(Some(header.as_bytes()), NOW)).expect("token accepted");
+        let identity = ready(auth.authenticate(&bearer(&header), NOW)).expect("token accepted");
         assert_eq!(identity.agent_id, "agent-foo-01");
         assert!(matches!(
             jsonwebtoken::crypto::verify(sig_b64, input.as_bytes(), &key.decoding, key.alg),
@@ -183,7 +183,7 @@ fn verify(c: &mut Criterion) {
         group.bench_with_input(
             BenchmarkId::new("hub_verify", &alg),
             &header,
-            |b, header| b.iter(|| ready(auth.verify(Some(black_box(header.as_bytes())), NOW))),
+            |b, header| b.iter(|| ready(auth.authenticate(&bearer(black_box(header)), NOW))),
         );
         group.bench_with_input(
             BenchmarkId::new("crypto_verify", &alg),
@@ -216,3 +216,16 @@ fn verify(c: &mut Criterion) {
 
 criterion_group!(benches, verify);
 criterion_main!(benches);
+
+/// The credentials of an upgrade request carrying `header` as its one Authorization header.
+fn bearer(header: &str) -> Credentials<'_> {
+    Credentials {
+        authorization: Some(header.as_bytes()),
+        authorization_count: 1,
+        dpop: None,
+        dpop_count: 0,
+        host: "hub.example",
+        path: "/nowconnect/v1/tunnel",
+        certificate: None,
+    }
+}
