@@ -990,12 +990,12 @@ pub fn payload(seed: u64, len: usize) -> Vec<u8> {
     out
 }
 
-/// SHA-256 of `bytes`, in hex.
 /// The RFC 8705 thumbprint of a DER certificate (`cnf.x5t#S256`): base64url SHA-256.
 pub fn x5t_s256(der: &[u8]) -> String {
     URL_SAFE_NO_PAD.encode(digest::digest(&digest::SHA256, der))
 }
 
+/// SHA-256 of `bytes`, in hex.
 pub fn sha256(bytes: &[u8]) -> String {
     digest::digest(&digest::SHA256, bytes)
         .as_ref()
