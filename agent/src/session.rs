@@ -9,6 +9,7 @@
 //! out together.
 
 use std::collections::{BTreeMap, HashMap};
+use std::io::IoSlice;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -20,7 +21,7 @@ use nowconnect_core::name::ConnectorName;
 use nowconnect_core::session::{Event, Role, Session, SessionConfig, SessionError};
 use nowconnect_core::time::Millis;
 use nowconnect_core::ws::{self, CloseCode, CloseFrame, Opcode, WsError};
-use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::sync::{Notify, oneshot, watch};
 use tokio::task::JoinHandle;
 
@@ -50,7 +51,6 @@ const READ_BUF: usize = 64 * 1024;
 pub(crate) struct Link {
     state: Mutex<Shared>,
     wake_writer: Notify,
-    max_frame: u32,
 }
 
 /// The mutable part of a [`Link`].
@@ -80,11 +80,6 @@ impl Link {
     /// Wakes the writer to send whatever is queued.
     pub(crate) fn flush(&self) {
         self.wake_writer.notify_one();
-    }
-
-    /// The longest DATA payload of this session.
-    pub(crate) fn max_frame(&self) -> u32 {
-        self.max_frame
     }
 }
 
@@ -225,7 +220,6 @@ pub(crate) async fn run(connected: Connected, params: SessionParams) {
             refuse_opens: false,
         }),
         wake_writer: Notify::new(),
-        max_frame: welcome.max_frame,
     });
     let (read, write) = tokio::io::split(io);
     let mut writer = tokio::spawn(write_loop(Arc::clone(&link), write));
@@ -555,26 +549,42 @@ impl Reader {
 
 /// Sends what the session queued whenever woken, as masked WebSocket messages; sends the
 /// Close frame and stops once one is set.
+///
+/// The session's frames are taken by swapping buffers and masked in place; the message
+/// headers go out beside them in one vectored write, so payload bytes are not copied here.
 async fn write_loop(link: Arc<Link>, mut write: WriteHalf<Box<dyn Io>>) {
     let mut frames = Vec::new();
-    let mut out = Vec::new();
+    let mut control = Vec::new();
+    let mut headers = Vec::new();
+    let mut parts = Vec::new();
+    let mut tail = Vec::new();
     loop {
         link.wake_writer.notified().await;
         let close = {
             let mut st = link.lock();
-            out.clear();
-            out.append(&mut st.control);
-            st.session.drain_transmit_into(&mut frames);
+            control.clear();
+            control.append(&mut st.control);
+            st.session.swap_transmit(&mut frames);
             st.close
         };
-        wire::push_frames(&mut out, &frames);
-        frames.clear();
+        headers.clear();
+        parts.clear();
+        wire::mask_messages(&mut frames, &mut headers, &mut parts);
+        tail.clear();
         if let Some((code, reason)) = close {
-            wire::push_close(&mut out, code, reason);
+            wire::push_close(&mut tail, code, reason);
         }
-        if !out.is_empty() {
+        let mut slices: Vec<IoSlice<'_>> = Vec::with_capacity(2 + 2 * parts.len());
+        slices.push(IoSlice::new(&control));
+        for (header, payload) in &parts {
+            slices.push(IoSlice::new(&headers[header.clone()]));
+            slices.push(IoSlice::new(&frames[payload.clone()]));
+        }
+        slices.push(IoSlice::new(&tail));
+        slices.retain(|s| !s.is_empty());
+        if !slices.is_empty() {
             let sent = async {
-                write.write_all(&out).await?;
+                write_all_vectored(&mut write, &mut slices).await?;
                 write.flush().await
             };
             if let Err(err) = sent.await {
@@ -587,6 +597,21 @@ async fn write_loop(link: Arc<Link>, mut write: WriteHalf<Box<dyn Io>>) {
             return;
         }
     }
+}
+
+/// Writes every byte of `slices`, in order, with as few calls as the writer allows.
+async fn write_all_vectored(
+    write: &mut (impl AsyncWrite + Unpin),
+    mut slices: &mut [IoSlice<'_>],
+) -> std::io::Result<()> {
+    while !slices.is_empty() {
+        let n = write.write_vectored(slices).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        IoSlice::advance_slices(&mut slices, n);
+    }
+    Ok(())
 }
 
 /// The WELCOME fields worth a log line.

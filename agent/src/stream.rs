@@ -185,59 +185,58 @@ pub(crate) async fn run(
 }
 
 /// Target → hub: reads within the stream's credit and queues DATA; FIN on EOF, RST 6 on a
-/// TCP reset. The read buffer is dropped whenever the target has nothing to read, so an idle
-/// stream holds no buffer.
+/// TCP reset. The bytes are read straight into the session's transmit buffer behind a DATA
+/// header (no buffer of its own, so an idle stream holds none, and no copy).
 async fn from_target(
     link: Arc<Link>,
     id: StreamId,
     read: OwnedReadHalf,
     signals: Arc<StreamSignals>,
 ) {
-    let buf_len = (link.max_frame() as usize).min(READ_BUF);
-    let mut buf = Vec::new();
     loop {
-        let credit = {
+        let has_credit = {
             let st = link.lock();
             if st.session.stream(id).is_none() {
                 return;
             }
-            st.session.send_credit(id) as usize
+            st.session.send_credit(id) > 0
         };
-        if credit == 0 {
+        if !has_credit {
             signals.credit.notified().await;
             continue;
         }
         if let Err(err) = read.readable().await {
             return reset_from_target(&link, id, &err);
         }
-        if buf.is_empty() {
-            buf.resize(buf_len, 0);
-        }
-        let want = credit.min(buf.len());
-        let n = match read.try_read(&mut buf[..want]) {
-            Ok(n) => n,
-            Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => {
-                buf = Vec::new();
-                continue;
-            }
-            Err(err) => return reset_from_target(&link, id, &err),
-        };
         let now = clock::now();
         let mut st = link.lock();
-        if n == 0 {
-            if let Ok(true) = st.session.finish(id) {
-                st.forget_stream(id);
+        // Credit only grows while we wait, and only this task sends on the stream, so a
+        // stream still here still has credit: a read of 0 bytes is the target's end of stream.
+        let read_once = st.session.send_data_from(now, id, |transmit, room| {
+            let mut room = bytes::BufMut::limit(transmit, room.min(READ_BUF));
+            read.try_read_buf(&mut room)
+        });
+        match read_once {
+            Ok(Ok(0)) => {
+                if let Ok(true) = st.session.finish(id) {
+                    st.forget_stream(id);
+                }
+                drop(st);
+                link.flush();
+                return;
             }
-            drop(st);
-            link.flush();
-            return;
-        }
-        if st.session.send_data(now, id, &buf[..n]).is_err() {
+            Ok(Ok(_)) => {
+                drop(st);
+                link.flush();
+            }
+            Ok(Err(err)) if err.kind() == std::io::ErrorKind::WouldBlock => {}
+            Ok(Err(err)) => {
+                drop(st);
+                return reset_from_target(&link, id, &err);
+            }
             // The stream was reset meanwhile; its bytes have nowhere to go.
-            return;
+            Err(_) => return,
         }
-        drop(st);
-        link.flush();
     }
 }
 

@@ -1,6 +1,8 @@
 //! What the agent puts on the WebSocket: masked frames, and the session's transmit buffer cut
 //! into binary messages at frame boundaries.
 
+use std::ops::Range;
+
 use nowconnect_core::frame;
 use nowconnect_core::ws::{self, CloseCode, Opcode};
 
@@ -31,42 +33,77 @@ pub(crate) fn push_close(dst: &mut Vec<u8>, code: CloseCode, reason: &str) {
 /// Appends `frames` (whole tunnel frames, as [`nowconnect_core::session::Session::transmit`]
 /// holds them) as masked binary messages of at most [`MAX_MESSAGE`] payload bytes each, cut only
 /// between frames.
+#[cfg(test)]
 pub(crate) fn push_frames(dst: &mut Vec<u8>, frames: &[u8]) {
     for range in message_ranges(frames, MAX_MESSAGE) {
         push_masked(dst, Opcode::Binary, &frames[range]);
     }
 }
 
+/// Masks `frames` in place as the payloads of binary messages cut like [`push_frames`] cuts
+/// them, appending each message's header to `headers`; `parts` gets, per message, the range
+/// of its header in `headers` and of its payload in `frames`. Sending those slices in order
+/// puts the same bytes on the wire as [`push_frames`], without copying the payloads.
+pub(crate) fn mask_messages(
+    frames: &mut [u8],
+    headers: &mut Vec<u8>,
+    parts: &mut Vec<(Range<usize>, Range<usize>)>,
+) {
+    let mut start = 0;
+    while let Some(range) = next_message(frames, start, MAX_MESSAGE) {
+        start = range.end;
+        let key = mask_key();
+        let mut header = [0u8; ws::MAX_HEADER_LEN];
+        let n = ws::encode_header(
+            &mut header,
+            true,
+            Opcode::Binary,
+            range.len() as u64,
+            Some(key),
+        );
+        let start = headers.len();
+        headers.extend_from_slice(&header[..n]);
+        nowconnect_core::mask::apply_mask(&mut frames[range.clone()], key, 0);
+        parts.push((start..headers.len(), range));
+    }
+}
+
 /// Splits a buffer of whole tunnel frames into ranges of at most `limit` bytes that each hold
 /// whole frames. A single frame longer than `limit` gets a range of its own. Bytes that do not
 /// end in a whole frame (which the core never produces) stay with the last range.
+#[cfg(test)]
 pub(crate) fn message_ranges(
     frames: &[u8],
     limit: usize,
-) -> impl Iterator<Item = std::ops::Range<usize>> + '_ {
+) -> impl Iterator<Item = Range<usize>> + '_ {
     let mut start = 0;
     std::iter::from_fn(move || {
-        if start >= frames.len() {
-            return None;
-        }
-        let mut end = start;
-        loop {
-            let Some(len) = frame_len(&frames[end..]) else {
-                end = frames.len();
-                break;
-            };
-            if end > start && end + len - start > limit {
-                break;
-            }
-            end += len;
-            if end >= frames.len() {
-                break;
-            }
-        }
-        let range = start..end;
-        start = end;
+        let range = next_message(frames, start, limit)?;
+        start = range.end;
         Some(range)
     })
+}
+
+/// The message range starting at `start` (see [`message_ranges`]), if any bytes are left.
+fn next_message(frames: &[u8], start: usize, limit: usize) -> Option<Range<usize>> {
+    if start >= frames.len() {
+        return None;
+    }
+    let mut end = start;
+    loop {
+        let Some(len) = frame_len(&frames[end..]) else {
+            end = frames.len();
+            break;
+        };
+        if end > start && end + len - start > limit {
+            break;
+        }
+        end += len;
+        if end >= frames.len() {
+            break;
+        }
+    }
+    Some(start..end)
 }
 
 /// The total length of the frame at the front of `buf`, if its header and payload are there.
@@ -113,6 +150,35 @@ mod tests {
             }
             dec.end_of_message().unwrap();
         }
+    }
+
+    #[test]
+    fn masking_in_place_puts_the_same_messages_on_the_wire() {
+        let mut frames = data_frames(&[10, 70_000, 3, 1_500_000, 0, 900_000]);
+        let original = frames.clone();
+        let mut headers = Vec::new();
+        let mut parts = Vec::new();
+        mask_messages(&mut frames, &mut headers, &mut parts);
+        let mut wire = Vec::new();
+        for (h, p) in &parts {
+            wire.extend_from_slice(&headers[h.clone()]);
+            wire.extend_from_slice(&frames[p.clone()]);
+        }
+        // The hub's decoder unmasks them back into the original frames, message by message.
+        let mut decoder = ws::Decoder::new(ws::Role::Server, ws::Limits::default());
+        let mut got = Vec::new();
+        let mut messages = 0;
+        let mut pos = 0;
+        while pos < wire.len() {
+            let (n, ev) = decoder.decode(&mut wire[pos..]).unwrap();
+            pos += n;
+            if let Some(ws::Event::Binary { data, .. }) = ev {
+                got.extend_from_slice(data);
+                messages += 1;
+            }
+        }
+        assert_eq!(messages, message_ranges(&original, MAX_MESSAGE).count());
+        assert!(got == original);
     }
 
     #[test]

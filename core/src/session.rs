@@ -269,6 +269,13 @@ impl Session {
         self.transmit.clear();
     }
 
+    /// Hands the waiting frames over by swapping buffers with `out` (cleared first): no copy,
+    /// and both allocations are kept for reuse.
+    pub fn swap_transmit(&mut self, out: &mut Vec<u8>) {
+        out.clear();
+        std::mem::swap(&mut self.transmit, out);
+    }
+
     /// Moves the waiting frames to the end of `out`, keeping both allocations.
     pub fn drain_transmit_into(&mut self, out: &mut Vec<u8>) {
         out.extend_from_slice(&self.transmit);
@@ -350,6 +357,59 @@ impl Session {
         self.check_send(now, id, payload.len())?;
         frame::encode_data(&mut self.transmit, id, payload);
         Ok(())
+    }
+
+    /// Queues a DATA frame whose payload `fill` appends straight to the transmit buffer, which
+    /// saves [`Session::send_data`]'s copy when the bytes come from a non-blocking read.
+    /// `fill` gets the buffer and the most it may append (the stream's credit, capped at the
+    /// maximum frame) and returns how many bytes it appended, or its own error. Appending
+    /// nothing queues nothing and returns `Ok(Ok(0))`; so does a stream without credit, whose
+    /// `fill` is not called. On `fill`'s error, or if it appended more than it was allowed,
+    /// the buffer is restored.
+    pub fn send_data_from<E>(
+        &mut self,
+        now: Millis,
+        id: StreamId,
+        fill: impl FnOnce(&mut Vec<u8>, usize) -> Result<usize, E>,
+    ) -> Result<Result<usize, E>, SendError> {
+        if !self.streams.contains_key(&id) {
+            return Err(SendError::UnknownStream);
+        }
+        let room = (self.send_credit(id).min(self.config.max_frame)) as usize;
+        if room == 0 {
+            return Ok(Ok(0));
+        }
+        let start = self.transmit.len();
+        let payload_start = start + frame::HEADER_LEN;
+        self.transmit.resize(payload_start, 0);
+        let filled = fill(&mut self.transmit, room);
+        let len = self.transmit.len() - payload_start;
+        match filled {
+            Ok(n) if n == len && n > 0 => {
+                if let Err(e) = self.check_send(now, id, n) {
+                    self.transmit.truncate(start);
+                    return Err(e);
+                }
+                frame::encode_data_header_before(&mut self.transmit, payload_start, id, n as u32)
+                    .map_err(SendError::Headroom)?;
+                Ok(Ok(n))
+            }
+            Ok(n) => {
+                self.transmit.truncate(start);
+                if n == 0 && len == 0 {
+                    Ok(Ok(0))
+                } else {
+                    Err(SendError::OverCredit {
+                        len: len.max(n),
+                        allowed: room as u32,
+                    })
+                }
+            }
+            Err(e) => {
+                self.transmit.truncate(start);
+                Ok(Err(e))
+            }
+        }
     }
 
     /// Accounts for `len` bytes the caller placed at `buf[payload_start..]` and writes the DATA

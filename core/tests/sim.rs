@@ -599,3 +599,60 @@ fn a_peer_that_provokes_frames_it_never_reads_hits_the_backlog_bound() {
     );
     assert!(p.agent.session.transmit().len() <= MAX_TRANSMIT_BACKLOG + 64);
 }
+
+#[test]
+fn data_appended_in_place_is_a_normal_frame_within_credit() {
+    let mut p = Pair::small();
+    let id = p.open_established("pg");
+    let credit = p.agent.session.send_credit(id) as usize;
+    let offer = credit.min(p.agent.session.config().max_frame as usize);
+    // The filler is offered the credit (capped at a frame) and writes straight into the
+    // transmit buffer.
+    let wrote = p
+        .agent
+        .session
+        .send_data_from(p.now, id, |buf, room| {
+            assert_eq!(room, offer);
+            buf.extend_from_slice(&[5; 250]);
+            Ok::<_, ()>(250)
+        })
+        .unwrap();
+    assert_eq!(wrote, Ok(250));
+    assert_eq!(p.deliver_to_hub(), vec![Ev::Data(id, vec![5; 250])]);
+    assert_eq!(p.agent.session.send_credit(id) as usize, credit - 250);
+
+    // Nothing appended, or the filler's error: nothing queued, the buffer as it was.
+    let before = p.agent.session.transmit().len();
+    let empty = p
+        .agent
+        .session
+        .send_data_from(p.now, id, |_, _| Ok::<_, ()>(0));
+    assert_eq!(empty, Ok(Ok(0)));
+    let failed = p.agent.session.send_data_from(p.now, id, |buf, _| {
+        buf.push(1);
+        Err("read failed")
+    });
+    assert_eq!(failed, Ok(Err("read failed")));
+    assert_eq!(p.agent.session.transmit().len(), before);
+
+    // Appending more than offered is refused and undone.
+    let greedy = p.agent.session.send_data_from(p.now, id, |buf, room| {
+        buf.extend(std::iter::repeat_n(0u8, room + 1));
+        Ok::<_, ()>(room + 1)
+    });
+    assert!(
+        matches!(greedy, Err(SendError::OverCredit { .. })),
+        "{greedy:?}"
+    );
+    assert_eq!(p.agent.session.transmit().len(), before);
+    assert_eq!(p.agent.session.send_credit(id) as usize, credit - 250);
+
+    // Unknown streams are refused before the filler runs.
+    let unknown =
+        p.agent
+            .session
+            .send_data_from(p.now, StreamId(99), |_, _| -> Result<usize, ()> {
+                panic!("called")
+            });
+    assert_eq!(unknown, Err(SendError::UnknownStream));
+}

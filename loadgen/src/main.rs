@@ -68,7 +68,13 @@ use crate::throughput::Direction;
 /// and the same throughput with --addr 127.0.0.1:7000 for the direct baseline. `demo` does all
 /// of that in one command; `tune` picks a shard count and driver for this host.
 #[derive(Debug, Parser)]
-#[command(name = "nowconnect-loadgen", version, about, long_about, verbatim_doc_comment)]
+#[command(
+    name = "nowconnect-loadgen",
+    version,
+    about,
+    long_about,
+    verbatim_doc_comment
+)]
 struct Cli {
     #[command(subcommand)]
     command: Cmd,
