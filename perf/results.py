@@ -219,6 +219,25 @@ def main():
     for label, f in rows:
         w(f"| {label} | " + " | ".join(f(s) for s in systems) + " |")
     w("")
+    # A request/response connection counts as failed when its outstanding request has no
+    # answer by the end of the load generator's grace after the run; say what that was.
+    notes = []
+    for r in rounds:
+        for s in systems:
+            lat = load(rdirs[r], f"{s}-latency.json")
+            if lat and lat["errors"]:
+                scheduled = lat["target_rate"] * (meta.get("phase_seconds") or 0)
+                notes.append(
+                    f"- round {r}, {NAMES[s]}: {len(lat['errors'])} of "
+                    f"{lat['connections']} connections ended with \"{lat['errors'][0].split(': ', 2)[-1]}\"; "
+                    f"{lat['responses']:,} of about {scheduled:,.0f} scheduled requests were "
+                    f"answered at {lat['achieved_rate']:,.0f} per s, and the slowest answer "
+                    f"took {lat['service']['max_us'] / 1000:,.1f} ms from its actual send.")
+    if notes:
+        w("Request/response connections that failed:")
+        w("")
+        out.extend(notes)
+        w("")
 
     w("## Targets")
     w("")
@@ -344,7 +363,23 @@ def main():
                 cells.append(", ".join(f"{k} {n}" for k, n in sorted(levels.items())) or "—")
             w(f"| {NAMES[s]} | " + " | ".join(cells) + " |")
         w("")
+        w("The hub's non-zero counters after each round's last phase (from `/metrics`; "
+          "stream and session closes, protocol errors, cross-shard traffic, receive-ring "
+          "exhaustion):")
+        w("")
+        w("```")
+        keep = ("stream_closes", "session_closes", "protocol_errors", "cross_shard",
+                "recv_ring_exhausted", "rejected_clients", "streams_active")
+        for r in rounds:
+            for s in ncs:
+                for line in (logs[(r, s)] or {}).get("hub_metrics", []):
+                    if any(k in line for k in keep):
+                        w(f"round {r}, {s}: {line}")
+        w("```")
+        w("")
         if notable:
+            w("Warnings and errors:")
+            w("")
             w("```")
             for r, s, proc, line in sorted(notable):
                 w(f"round {r}, {s} {proc}: {line[:400]}")

@@ -329,7 +329,7 @@ EOF
 }
 
 run_nowconnect() {
-    local sys=$1 driver=$2 line hub agent addr stack dir
+    local sys=$1 driver=$2 line hub agent addr stack dir admin
     log "round $round, $sys: starting hub ($driver, $SHARDS shards) and agent"
     printf '%s\n' "nowconnect-loadgen stack --driver $driver --shards $SHARDS --target echo=$ECHO" \
         >>"$R/commands.txt"
@@ -348,14 +348,28 @@ import json, sys
 d = json.loads(sys.argv[1])
 print(d["hub_pid"], d["agent_pid"], d["listeners"]["echo"])' "$line")
     EXTRA+=("$hub:nowconnect-hub" "$agent:nowconnect-agen")
-    dir=$(python3 -c 'import json, sys; print(json.loads(sys.argv[1])["dir"])' "$line")
+    read -r dir admin < <(python3 -c '
+import json, sys
+d = json.loads(sys.argv[1])
+print(d["dir"], d["admin"])' "$line")
     wait_echo "$addr"
     measure "$sys" "$addr" "$hub" "$agent"
-    # The stack removes its directory when it stops: keep the logs' warnings and errors.
-    python3 - "$R/$sys-logs.json" "$dir/hub.log" "$dir/agent.log" <<'EOF'
-import json, sys
+    # The stack removes its directory when it stops: keep the logs' warnings and errors, and
+    # the hub's counters after the last phase.
+    python3 - "$R/$sys-logs.json" "$admin" "$dir/hub.log" "$dir/agent.log" <<'EOF'
+import json, sys, urllib.request
 doc = {}
-for path in sys.argv[2:]:
+try:
+    with urllib.request.urlopen("http://%s/metrics" % sys.argv[2], timeout=5) as r:
+        text = r.read().decode()
+    doc["hub_metrics"] = [
+        line for line in text.splitlines()
+        if line and not line.startswith("#") and "_bucket{" not in line
+        and line.rsplit(" ", 1)[-1] not in ("0", "0.0")
+    ]
+except OSError as e:
+    doc["hub_metrics_error"] = str(e)
+for path in sys.argv[3:]:
     name = path.rsplit("/", 1)[-1].removesuffix(".log")
     levels, notable = {}, []
     try:
