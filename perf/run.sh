@@ -140,6 +140,8 @@ trap 'exit 143' TERM
 start_bg() {
     local name=$1
     shift
+    # Removed first: the reader of the new process's output must not see an old run's.
+    rm -f "$WORK/$name.out" "$WORK/$name.log"
     "$@" >"$WORK/$name.out" 2>"$WORK/$name.log" &
     STARTED=$!
     PIDS+=("$STARTED")
@@ -149,6 +151,7 @@ start_bg() {
 start_bg_to() {
     local file=$1
     shift
+    rm -f "$file"
     "$@" >"$file" 2>&1 &
     STARTED=$!
     PIDS+=("$STARTED")
@@ -268,6 +271,20 @@ ready() {
     fi
 }
 
+# Waits until the freshly started tunnel of system SYS echoes through ADDR; otherwise notes
+# the failure, stops the processes given and returns non-zero.
+tunnel_up() {
+    local sys=$1 addr=$2
+    shift 2
+    wait_echo "$addr" 2>>"$WORK/ready.log" && return 0
+    log "round $round, $sys: no echo through $addr within 30 s of the start; skipping it"
+    printf '%s\n' "round $round, $sys: no echo through $addr within 30 s of the start" \
+        >>"$R/failures.txt"
+    KEEP_WORK=1
+    stop_started "$@"
+    return 1
+}
+
 # The scenarios against ADDR for system SYS; SERVER and CLIENT are the tunnel's two processes
 # (empty for direct).
 measure() {
@@ -333,11 +350,11 @@ run_nowconnect() {
     log "round $round, $sys: starting hub ($driver, $SHARDS shards) and agent"
     printf '%s\n' "nowconnect-loadgen stack --driver $driver --shards $SHARDS --target echo=$ECHO" \
         >>"$R/commands.txt"
-    start_bg "stack-$sys" nowconnect-loadgen stack --driver "$driver" --shards "$SHARDS" \
+    start_bg "stack-$sys-$round" nowconnect-loadgen stack --driver "$driver" --shards "$SHARDS" \
         --target "echo=$ECHO"
     stack=$STARTED
-    if ! line=$(wait_line "$WORK/stack-$sys.out" "$stack"); then
-        log "round $round, $sys: the stack did not start; see $WORK/stack-$sys.log"
+    if ! line=$(wait_line "$WORK/stack-$sys-$round.out" "$stack"); then
+        log "round $round, $sys: the stack did not start; see $WORK/stack-$sys-$round.log"
         printf '%s\n' "round $round, $sys: the stack did not start" >>"$R/failures.txt"
         KEEP_WORK=1
         stop_started "$stack"
@@ -352,7 +369,7 @@ print(d["hub_pid"], d["agent_pid"], d["listeners"]["echo"])' "$line")
 import json, sys
 d = json.loads(sys.argv[1])
 print(d["dir"], d["admin"])' "$line")
-    wait_echo "$addr"
+    tunnel_up "$sys" "$addr" "$stack" || return 0
     measure "$sys" "$addr" "$hub" "$agent"
     # The stack removes its directory when it stops: keep the logs' warnings and errors, and
     # the hub's counters after the last phase.
@@ -416,11 +433,11 @@ EOF
     log "round $round, rathole: starting server and client"
     shown "rathole --server $R/rathole-server.toml" >>"$R/commands.txt"
     shown "rathole --client $R/rathole-client.toml" >>"$R/commands.txt"
-    start_bg rathole-server rathole --server "$R/rathole-server.toml"
+    start_bg rathole-server-$round rathole --server "$R/rathole-server.toml"
     server=$STARTED
-    start_bg rathole-client rathole --client "$R/rathole-client.toml"
+    start_bg rathole-client-$round rathole --client "$R/rathole-client.toml"
     client=$STARTED
-    wait_echo "127.0.0.1:$svc"
+    tunnel_up rathole "127.0.0.1:$svc" "$client" "$server" || return 0
     measure rathole "127.0.0.1:$svc" "$server" "$client"
     stop_started "$client" "$server"
 }
@@ -437,16 +454,16 @@ run_bore() {
     printf '%s\n' "bore server --bind-addr 127.0.0.1 --min-port $port --max-port $port" \
         "bore local ${ECHO##*:} --local-host 127.0.0.1 --to 127.0.0.1 --port $port" \
         >>"$R/commands.txt"
-    start_bg bore-server bore server --bind-addr 127.0.0.1 --min-port "$port" --max-port "$port"
+    start_bg bore-server-$round bore server --bind-addr 127.0.0.1 --min-port "$port" --max-port "$port"
     server=$STARTED
     for ((i = 0; i < 100; i++)); do
         port_is_free "$BORE_CONTROL_PORT" || break
         sleep 0.1
     done
-    start_bg bore-local bore local "${ECHO##*:}" --local-host 127.0.0.1 --to 127.0.0.1 \
+    start_bg bore-local-$round bore local "${ECHO##*:}" --local-host 127.0.0.1 --to 127.0.0.1 \
         --port "$port"
     client=$STARTED
-    wait_echo "127.0.0.1:$port"
+    tunnel_up bore "127.0.0.1:$port" "$client" "$server" || return 0
     measure bore "127.0.0.1:$port" "$server" "$client"
     stop_started "$client" "$server"
 }
