@@ -395,7 +395,11 @@ def main():
         w("These load generator runs exited non-zero (a throughput stream failed, a "
           "request/response connection failed, or churn completed nothing), or a system did "
           "not start; their figures are missing in that round. The last lines of each run's "
-          "output follow it, cut at 600 characters:")
+          "output follow it, cut at 600 characters, then the machine-wide TCP counters over "
+          "the same time (they include any other traffic on the machine). A stall in a direct "
+          "run, where no tunnel is involved, comes from the machine's loopback TCP or from "
+          "the load generator and target themselves; retransmission timeouts there point to "
+          "the former.")
         w("")
         w("```")
         for t in failures:

@@ -236,6 +236,17 @@ rss_kb() {
     awk '/^VmRSS:/ { print $2 }' "/proc/$1/status"
 }
 
+# Machine-wide TCP counters: segments retransmitted, retransmission timeouts, segments
+# dropped because a receive queue was full (/proc/net/snmp and /proc/net/netstat).
+tcp_counters() {
+    awk '$1 == "Tcp:" || $1 == "TcpExt:" {
+            if (!($1 in hdr)) { for (i = 2; i <= NF; i++) name[$1, i] = $i; hdr[$1] = 1; next }
+            for (i = 2; i <= NF; i++) v[name[$1, i]] = $i
+         }
+         END { printf "%d %d %d\n", v["RetransSegs"], v["TCPTimeouts"], v["TCPRcvQDrop"] }' \
+        /proc/net/snmp /proc/net/netstat
+}
+
 # Shows a command as run from the repository root.
 shown() {
     local text="$*"
@@ -245,18 +256,22 @@ shown() {
 # Runs and records one loadgen command; a failing scenario is noted with its error, and the
 # run goes on.
 loadgen() {
-    local out=$WORK/loadgen-$((++RUNS)).log
+    local out=$WORK/loadgen-$((++RUNS)).log tcp0 tcp1
     shown "nowconnect-loadgen $*" >>"$R/commands.txt"
+    read -r -a tcp0 < <(tcp_counters)
     # In the background, so that a signal reaches the trap at once, not after the phase.
     start_bg_to "$out" nowconnect-loadgen "$@"
     local pid=$STARTED rc=0
     wait "$pid" || rc=$?
     stop_started "$pid"
+    read -r -a tcp1 < <(tcp_counters)
     if [[ $rc -ne 0 ]]; then
         log "  failed: $(shown "nowconnect-loadgen $*")"
         {
             shown "$CURRENT: nowconnect-loadgen $*"
             tail -n 3 "$out" | cut -c1-600 | sed 's/^/    /'
+            printf '    (machine-wide TCP meanwhile: %d segments retransmitted, %d retransmission timeouts, %d segments dropped at full receive queues)\n' \
+                $((tcp1[0] - tcp0[0])) $((tcp1[1] - tcp0[1])) $((tcp1[2] - tcp0[2]))
         } >>"$R/failures.txt"
     fi
 }
