@@ -2,6 +2,7 @@
 //! plain memcpy of the same size, and WebSocket frame parsing.
 //!
 //! Run: `cargo bench -p nowconnect-bench --bench codec`
+#![forbid(unsafe_code)]
 
 use std::hint::black_box;
 

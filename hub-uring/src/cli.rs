@@ -38,9 +38,6 @@ pub fn load_config(path: &std::path::Path) -> Result<HubConfig, String> {
 fn refuse_unenforced(config: &HubConfig) -> Result<(), String> {
     let not_yet =
         |key: &str, remedy: &str| Err(format!("{key}: not enforced by this hub version; {remedy}"));
-    if config.security.require_connector_scopes {
-        return not_yet("security.require_connector_scopes", "set it to false");
-    }
     if config.security.dpop.required {
         return not_yet("security.dpop.required", "set it to false");
     }

@@ -14,6 +14,8 @@
 //! - [`metrics`]: the Prometheus registry and the handles the data path updates.
 //! - [`health`]: readiness flags and shard liveness ticks.
 //! - [`logging`]: JSON or text log lines.
+//! - `bench_support`: hidden wrappers over shard internals, for benchmarks only, not a stable
+//!   API.
 //!
 //! `unsafe` is denied everywhere except `shard::ring`, which writes headers into the room its
 //! allocator keeps in front of the io_uring provided buffers.
@@ -21,6 +23,8 @@
 
 pub mod admin;
 pub mod auth;
+#[doc(hidden)]
+pub mod bench_support;
 pub mod cli;
 pub mod control;
 pub mod health;

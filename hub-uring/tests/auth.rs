@@ -266,3 +266,62 @@ fn garbage_and_slow_handshakes_do_not_disturb_other_agents() {
             >= 1.0
     );
 }
+
+/// With `require_connector_scopes`, a connector is accepted only if the token grants its
+/// scope (`scope` string or `scp` array, `connector:<name>` by default); a refused one is
+/// listed in WELCOME and its clients are never routed to the agent.
+#[test]
+fn connector_scopes_decide_which_connectors_an_agent_serves() {
+    let dir = TempDir::new("scopes");
+    let key = SigningKey::generate("k1");
+    let jwks = dir.path("jwks.json");
+    write_jwks(&jwks, &[&key]);
+    let yaml = hub_yaml(&jwks, &["ldap", "pg", "web"], "").replace(
+        "issuer: \"",
+        "require_connector_scopes: true, connector_scope_prefix: \"tunnel/\", issuer: \"",
+    );
+    assert!(yaml.contains("require_connector_scopes: true"), "{yaml}");
+    let hub = Hub::start(dir, &yaml);
+
+    let mut scoped = claims("agent-1");
+    // A scope for another prefix, or a name that only starts like the connector, grants
+    // nothing.
+    scoped["scope"] = "tunnel/ldap connector:pg tunnel/webserver openid".into();
+    let agent = RawAgent::connect(
+        hub.addrs.tunnel,
+        &key.sign(&scoped),
+        "agent-1",
+        &["ldap", "pg", "web"],
+    );
+    let accepted: Vec<&str> = agent.welcome.accepted.iter().map(|c| c.as_str()).collect();
+    assert_eq!(accepted, ["ldap"]);
+    let refused: Vec<(&str, &str)> = agent
+        .welcome
+        .refused
+        .iter()
+        .map(|r| (r.connector.as_str(), r.reason.as_str()))
+        .collect();
+    assert_eq!(refused, [("pg", "scope"), ("web", "scope")]);
+    assert_eq!(auth_failures(&hub, "connector_scope"), 2.0);
+
+    // A client of a refused connector is reset at once: no agent serves it.
+    let mut client = TcpStream::connect(hub.addrs.listeners[1]).unwrap();
+    client.set_read_timeout(Some(WAIT)).unwrap();
+    let mut buf = [0u8; 1];
+    assert!(
+        matches!(client.read(&mut buf), Ok(0) | Err(_)),
+        "the client of an unserved connector is closed"
+    );
+
+    // `scp` as an array works the same way.
+    let mut listed = claims("agent-2");
+    listed["scp"] = serde_json::json!(["tunnel/pg", "tunnel/web"]);
+    let second = RawAgent::connect(
+        hub.addrs.tunnel,
+        &key.sign(&listed),
+        "agent-2",
+        &["ldap", "pg", "web"],
+    );
+    let accepted: Vec<&str> = second.welcome.accepted.iter().map(|c| c.as_str()).collect();
+    assert_eq!(accepted, ["pg", "web"]);
+}

@@ -59,10 +59,6 @@ fn security_settings_not_enforced_yet_are_refused() {
     let path = dir.path("hub.yaml");
     let base = "security: { jwks_url: https://idp.test/jwks, audience: nc";
     for (extra, key) in [
-        (
-            ", require_connector_scopes: true }\n",
-            "security.require_connector_scopes",
-        ),
         (", dpop: { required: true } }\n", "security.dpop.required"),
         (" }\npdp: { url: \"http://127.0.0.1:8594\" }\n", "pdp"),
     ] {

@@ -204,12 +204,15 @@ pub(crate) async fn run(opts: Options) -> Result<IdleResult, String> {
         }));
     }
     drop(opened_tx);
+    // Every task reports once, then keeps its sender while it holds its connection: count
+    // the reports rather than wait for the channel to close.
     let mut open = 0usize;
     let mut failures = Vec::new();
-    while let Some(outcome) = opened_rx.recv().await {
-        match outcome {
-            Ok(()) => open += 1,
-            Err(e) => failures.push(e),
+    for _ in 0..opts.connections {
+        match opened_rx.recv().await {
+            Some(Ok(())) => open += 1,
+            Some(Err(e)) => failures.push(e),
+            None => break,
         }
     }
     let open_seconds = started.elapsed().as_secs_f64();
@@ -425,6 +428,29 @@ mod tests {
         .unwrap();
         assert_eq!(late.sweep.unwrap().late, 5);
         assert_eq!(late.failures.len(), 1);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn without_a_sweep_check_the_connections_are_held_then_released() {
+        let addr = target::spawn(TargetKind::Echo, "127.0.0.1:0".parse().unwrap())
+            .await
+            .unwrap();
+        let r = tokio::time::timeout(
+            Duration::from_secs(20),
+            run(Options {
+                addr,
+                connections: 10,
+                hub_pid: Some(std::process::id()),
+                agent_pid: None,
+                sweep: None,
+            }),
+        )
+        .await
+        .expect("idle returns once memory is sampled")
+        .unwrap();
+        assert!(r.failures.is_empty(), "{:?}", r.failures);
+        assert!(r.sweep.is_none());
+        assert_eq!(r.memory.len(), 1);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

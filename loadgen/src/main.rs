@@ -19,7 +19,7 @@
 //! - [`throughput`], [`latency`], [`churn`], [`idle`], [`slow`], [`verify`]: the scenarios.
 //! - [`stack`], [`creds`]: a hub and an agent with development credentials.
 //! - [`demo`], [`tune`]: whole-deployment runs.
-//! - [`report`]: charts.
+//! - [`report`]: SVG charts from result files.
 //! - [`net`]: socket helpers.
 #![forbid(unsafe_code)]
 

@@ -263,7 +263,7 @@ pub struct ListenerConfig {
 }
 
 /// The `security:` section: who may register as an agent, and which clients may connect.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct SecurityConfig {
     /// Where the keys that sign agent tokens are published. No default: required (here or in
@@ -281,10 +281,28 @@ pub struct SecurityConfig {
     /// Whether an agent may only register connectors its token grants by scope. Default
     /// `false`.
     pub require_connector_scopes: bool,
+    /// The scope that grants a connector is this prefix followed by the connector's name.
+    /// Default `connector:`; 1 to 64 printable characters without spaces.
+    pub connector_scope_prefix: String,
     /// DPoP proof-of-possession (`dpop:`).
     pub dpop: DpopConfig,
     /// Certificate-bound tokens (`mtls:`).
     pub mtls: MtlsConfig,
+}
+
+impl Default for SecurityConfig {
+    fn default() -> Self {
+        SecurityConfig {
+            jwks_url: None,
+            audience: None,
+            issuer: None,
+            allow_cidrs: CidrList::default(),
+            require_connector_scopes: false,
+            connector_scope_prefix: "connector:".to_owned(),
+            dpop: DpopConfig::default(),
+            mtls: MtlsConfig::default(),
+        }
+    }
 }
 
 /// The `security.dpop:` section.
@@ -636,6 +654,15 @@ impl HubConfig {
                 issuer,
                 "is empty",
                 "the issuer of agent tokens, or no issuer key at all",
+            ));
+        }
+        let prefix = &security.connector_scope_prefix;
+        if prefix.is_empty() || prefix.len() > 64 || !prefix.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(ConfigError::invalid(
+                "security.connector_scope_prefix",
+                prefix,
+                "is not a scope prefix",
+                "1 to 64 printable characters without spaces, such as `connector:`",
             ));
         }
         let client_certs = self

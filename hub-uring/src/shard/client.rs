@@ -331,6 +331,10 @@ async fn receive_burst(
             Some(Err(e)) => return Burst::Failed(e),
             // The stream ends at end of file, or after the cancellation took effect.
             None if paused && cancelled => return Burst::Paused,
+            // Cancelled by something other than us: not an end of file, so not a FIN.
+            None if cancelled => {
+                return Burst::Failed(std::io::Error::other("receive cancelled"));
+            }
             None => return Burst::Eof,
         }
     }

@@ -12,8 +12,8 @@
 
 mod client;
 mod listen;
-mod mesh;
-mod pool;
+pub(crate) mod mesh;
+pub(crate) mod pool;
 pub(crate) mod ring;
 mod session;
 mod transport;

@@ -258,19 +258,39 @@ async fn establish(
 
     let mut accepted = Vec::new();
     let mut refused = Vec::new();
+    let security = &shared.config.security;
     for connector in &hello.connectors {
-        if shared
+        let reason = if !shared
             .config
             .listeners
             .iter()
             .any(|l| l.connector == *connector)
         {
-            accepted.push(*connector);
+            Some("no_listener")
+        } else if security.require_connector_scopes
+            && !grants(
+                &identity.scopes,
+                &security.connector_scope_prefix,
+                connector.as_str(),
+            )
+        {
+            Some("scope")
         } else {
-            refused.push(Refusal {
-                connector: *connector,
-                reason: "no_listener".to_string(),
-            });
+            None
+        };
+        match reason {
+            None => accepted.push(*connector),
+            Some(reason) => {
+                if reason == "scope" {
+                    shared.metrics.auth_failure("connector_scope");
+                    tracing::warn!(%peer, agent = %identity.agent_id, connector = %connector,
+                        "connector refused: the token does not grant its scope");
+                }
+                refused.push(Refusal {
+                    connector: *connector,
+                    reason: reason.to_string(),
+                });
+            }
         }
     }
     let limits = &shared.config.limits;
@@ -309,4 +329,13 @@ async fn establish(
     );
     session.send_text(&welcome.to_json());
     Ok((session, decoder, pending))
+}
+
+/// Whether `scopes` holds `prefix` followed by `connector`, exactly.
+fn grants(scopes: &[String], prefix: &str, connector: &str) -> bool {
+    scopes.iter().any(|scope| {
+        scope
+            .strip_prefix(prefix)
+            .is_some_and(|name| name == connector)
+    })
 }
