@@ -1,0 +1,603 @@
+#!/usr/bin/env bash
+# Measures NowConnect beside direct loopback, rathole and bore with the same load generator
+# scenarios, in one run on this machine, and writes perf/RESULTS.md and perf/results/*.json.
+#
+# Systems, all on loopback, all in front of the same echo target:
+#   direct   the load generator talks to the target itself
+#   uring    nowconnect-hub on io_uring + nowconnect-agent (plain ws:// tunnel)
+#   epoll    the same with the hub on epoll
+#   rathole  rathole server + rathole client (plain TCP transport, one service)
+#   bore     bore server + bore local
+#
+# Scenarios per system, each --seconds long: throughput both ways with 1, 8 and 64 streams;
+# request/response with 50 connections and 64-byte messages at a fixed rate; connection churn
+# with 8 workers. Around the 1-stream phase the CPU time of the server-side process (hub,
+# rathole server, bore server) and the client-side process (agent, rathole client, bore local)
+# is read from /proc; their resident memory is read at rest, before any load. Every round
+# measures every system once; the report (perf/results.py) shows each figure's median.
+#
+# Installs rathole and bore with cargo when they are missing. Stops every process it started
+# when it ends, also on SIGINT or SIGTERM.
+set -euo pipefail
+
+usage() {
+    cat <<'EOF'
+Usage: perf/run.sh [options]
+
+  --seconds S      length of each load phase in seconds (default 5)
+  --rounds N       how many times every system is measured; the report shows medians
+                   (default 3)
+  --rate R         request/response rate in requests per second, the same for every
+                   system (default 50000)
+  --shards N       hub shards (default: nproc)
+  --systems LIST   space-separated subset of: direct uring epoll rathole bore
+                   (default: all five; the tables need all five for every ratio)
+  --out DIR        where the JSON goes (default perf/results)
+  --report FILE    the Markdown report (default perf/RESULTS.md)
+  --no-build       use the release binaries as they are
+  -h, --help       this text
+
+Environment: CARGO_TARGET_DIR (default ./target) locates the release binaries;
+PEERS_TARGET_DIR is the build directory for installing rathole and bore when missing
+(default: a temporary directory).
+EOF
+}
+
+PHASE=5
+ROUNDS=3
+RATE=50000
+SHARDS=$(nproc)
+SYSTEMS="direct uring epoll rathole bore"
+BUILD=1
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+OUT=$ROOT/perf/results
+REPORT=$ROOT/perf/RESULTS.md
+RATHOLE_VERSION=0.5.0
+BORE_VERSION=0.6.0
+BORE_CONTROL_PORT=7835 # fixed by bore
+
+while [[ $# -gt 0 ]]; do
+    case $1 in
+    --seconds) PHASE=$2; shift 2 ;;
+    --rounds) ROUNDS=$2; shift 2 ;;
+    --rate) RATE=$2; shift 2 ;;
+    --shards) SHARDS=$2; shift 2 ;;
+    --systems) SYSTEMS=$2; shift 2 ;;
+    --out) OUT=$2; shift 2 ;;
+    --report) REPORT=$2; shift 2 ;;
+    --no-build) BUILD=0; shift ;;
+    -h | --help) usage; exit 0 ;;
+    *) echo "run.sh: unknown option $1" >&2; usage >&2; exit 2 ;;
+    esac
+done
+for s in $SYSTEMS; do
+    case $s in
+    direct | uring | epoll | rathole | bore) ;;
+    *) echo "run.sh: unknown system $s" >&2; exit 2 ;;
+    esac
+done
+
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
+BIN=$CARGO_TARGET_DIR/release
+export PATH="$BIN:${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
+
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/nowconnect-perf.XXXXXX")
+PIDS=()  # every background process this script started, in start order
+EXTRA=() # hub and agent pids, started by the stack process, checked at the end
+KEEP_WORK=0
+
+log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+
+# Stops one process: SIGTERM, up to 10 s, then SIGKILL.
+stop_pid() {
+    local pid=$1 i
+    kill -0 "$pid" 2>/dev/null || { wait "$pid" 2>/dev/null || true; return 0; }
+    kill -TERM "$pid" 2>/dev/null || true
+    for ((i = 0; i < 100; i++)); do
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.1
+    done
+    if kill -0 "$pid" 2>/dev/null; then
+        log "process $pid did not stop on SIGTERM; killing it"
+        kill -KILL "$pid" 2>/dev/null || true
+    fi
+    wait "$pid" 2>/dev/null || true
+}
+
+# A pid the stack process started: stopped only if it is still the same program.
+stop_extra() {
+    local pid=$1 name=$2
+    if [[ -r /proc/$pid/comm && $(</proc/"$pid"/comm) == "$name"* ]]; then
+        log "$name ($pid) outlived its stack process; stopping it"
+        kill -TERM "$pid" 2>/dev/null || true
+        sleep 1
+        kill -KILL "$pid" 2>/dev/null || true
+    fi
+}
+
+cleanup() {
+    local rc=$? i entry
+    trap - EXIT INT TERM
+    for ((i = ${#PIDS[@]} - 1; i >= 0; i--)); do
+        stop_pid "${PIDS[i]}"
+    done
+    for entry in "${EXTRA[@]}"; do
+        stop_extra "${entry%%:*}" "${entry#*:}"
+    done
+    if [[ $rc -ne 0 || $KEEP_WORK -eq 1 ]]; then
+        log "logs kept in $WORK"
+    else
+        rm -rf "$WORK"
+    fi
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# Starts "$@" in the background, stdout in $WORK/$1.out and stderr in $WORK/$1.log; sets
+# STARTED to its pid.
+start_bg() {
+    local name=$1
+    shift
+    # Removed first: the reader of the new process's output must not see an old run's.
+    rm -f "$WORK/$name.out" "$WORK/$name.log"
+    "$@" >"$WORK/$name.out" 2>"$WORK/$name.log" &
+    STARTED=$!
+    PIDS+=("$STARTED")
+}
+
+# Starts "$@" in the background with stdout and stderr in FILE; sets STARTED to its pid.
+start_bg_to() {
+    local file=$1
+    shift
+    rm -f "$file"
+    "$@" >"$file" 2>&1 &
+    STARTED=$!
+    PIDS+=("$STARTED")
+}
+
+# Stops the processes given and drops them from PIDS.
+stop_started() {
+    local pid keep=() p
+    for pid in "$@"; do stop_pid "$pid"; done
+    for p in "${PIDS[@]}"; do
+        [[ " $* " == *" $p "* ]] || keep+=("$p")
+    done
+    PIDS=("${keep[@]}")
+}
+
+free_port() {
+    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+port_is_free() {
+    python3 - "$1" <<'EOF'
+import socket, sys
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+try:
+    s.bind(("127.0.0.1", int(sys.argv[1])))
+except OSError:
+    sys.exit(1)
+EOF
+}
+
+# Waits until ADDR echoes a few bytes back (a tunnel is up end to end), for up to 30 s.
+wait_echo() {
+    python3 - "$1" <<'EOF'
+import socket, sys, time
+host, port = sys.argv[1].rsplit(":", 1)
+deadline = time.time() + 30
+while True:
+    try:
+        with socket.create_connection((host, int(port)), timeout=2) as s:
+            s.sendall(b"ready?")
+            got = b""
+            while len(got) < 6:
+                chunk = s.recv(6 - len(got))
+                if not chunk:
+                    break
+                got += chunk
+            if got == b"ready?":
+                sys.exit(0)
+    except OSError:
+        pass
+    if time.time() > deadline:
+        sys.exit("no echo from %s within 30 s" % sys.argv[1])
+    time.sleep(0.2)
+EOF
+}
+
+# Waits until FILE has a first line; prints it.
+wait_line() {
+    local file=$1 pid=$2 i
+    for ((i = 0; i < 600; i++)); do
+        if [[ -s $file ]] && IFS= read -r line <"$file"; then
+            printf '%s\n' "$line"
+            return 0
+        fi
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.1
+    done
+    return 1
+}
+
+# utime+stime of PID in clock ticks (fields 14 and 15 of /proc/PID/stat).
+cpu_ticks() {
+    local stat f
+    stat=$(<"/proc/$1/stat")
+    stat=${stat##*) } # drop "pid (comm) ": field 3 is now index 0
+    read -r -a f <<<"$stat"
+    echo $((f[11] + f[12]))
+}
+
+rss_kb() {
+    awk '/^VmRSS:/ { print $2 }' "/proc/$1/status"
+}
+
+# Machine-wide TCP counters: segments retransmitted, retransmission timeouts, segments
+# dropped because a receive queue was full (/proc/net/snmp and /proc/net/netstat).
+tcp_counters() {
+    awk '$1 == "Tcp:" || $1 == "TcpExt:" {
+            if (!($1 in hdr)) { for (i = 2; i <= NF; i++) name[$1, i] = $i; hdr[$1] = 1; next }
+            for (i = 2; i <= NF; i++) v[name[$1, i]] = $i
+         }
+         END { printf "%d %d %d\n", v["RetransSegs"], v["TCPTimeouts"], v["TCPRcvQDrop"] }' \
+        /proc/net/snmp /proc/net/netstat
+}
+
+# Shows a command as run from the repository root.
+shown() {
+    local text="$*"
+    printf '%s\n' "${text//"$ROOT/"/}"
+}
+
+# Runs and records one loadgen command; a failing scenario is noted with its error, and the
+# run goes on.
+loadgen() {
+    local out=$WORK/loadgen-$((++RUNS)).log tcp0 tcp1
+    shown "nowconnect-loadgen $*" >>"$R/commands.txt"
+    read -r -a tcp0 < <(tcp_counters)
+    # In the background, so that a signal reaches the trap at once, not after the phase.
+    start_bg_to "$out" nowconnect-loadgen "$@"
+    local pid=$STARTED rc=0
+    wait "$pid" || rc=$?
+    stop_started "$pid"
+    read -r -a tcp1 < <(tcp_counters)
+    if [[ $rc -ne 0 ]]; then
+        log "  failed: $(shown "nowconnect-loadgen $*")"
+        {
+            shown "$CURRENT: nowconnect-loadgen $*"
+            tail -n 3 "$out" | cut -c1-600 | sed 's/^/    /'
+            printf '    (machine-wide TCP meanwhile: %d segments retransmitted, %d retransmission timeouts, %d segments dropped at full receive queues)\n' \
+                $((tcp1[0] - tcp0[0])) $((tcp1[1] - tcp0[1])) $((tcp1[2] - tcp0[2]))
+        } >>"$R/failures.txt"
+    fi
+}
+RUNS=0
+
+# Before each phase: the tunnel must echo again (an agent may be reconnecting after a failed
+# phase).
+ready() {
+    if ! wait_echo "$1" 2>>"$WORK/ready.log"; then
+        log "  $CURRENT: no echo through $1 within 30 s"
+        printf '%s\n' "$CURRENT: no echo through $1 within 30 s before a phase" >>"$R/failures.txt"
+    fi
+}
+
+# Waits until the freshly started tunnel of system SYS echoes through ADDR; otherwise notes
+# the failure, stops the processes given and returns non-zero.
+tunnel_up() {
+    local sys=$1 addr=$2
+    shift 2
+    wait_echo "$addr" 2>>"$WORK/ready.log" && return 0
+    log "round $round, $sys: no echo through $addr within 30 s of the start; skipping it"
+    printf '%s\n' "round $round, $sys: no echo through $addr within 30 s of the start" \
+        >>"$R/failures.txt"
+    KEEP_WORK=1
+    stop_started "$@"
+    return 1
+}
+
+# The scenarios against ADDR for system SYS; SERVER and CLIENT are the tunnel's two processes
+# (empty for direct).
+measure() {
+    local sys=$1 addr=$2 server=${3:-} client=${4:-}
+    local srv_rss="" cli_rss="" s0="" s1="" c0="" c1="" n load
+    CURRENT="round $round, $sys"
+    sleep 1
+    if [[ -n $server ]]; then
+        srv_rss=$(rss_kb "$server")
+        cli_rss=$(rss_kb "$client")
+    fi
+    load=$(cut -d' ' -f1-3 /proc/loadavg)
+    log "round $round, $sys: throughput, 1 stream"
+    ready "$addr"
+    if [[ -n $server ]]; then
+        s0=$(cpu_ticks "$server")
+        c0=$(cpu_ticks "$client")
+    fi
+    loadgen throughput --addr "$addr" --direction both --streams 1 --seconds "$PHASE" \
+        --json "$R/$sys-throughput-1.json"
+    if [[ -n $server ]]; then
+        s1=$(cpu_ticks "$server")
+        c1=$(cpu_ticks "$client")
+    fi
+    for n in 8 64; do
+        log "round $round, $sys: throughput, $n streams"
+        ready "$addr"
+        loadgen throughput --addr "$addr" --direction both --streams "$n" --seconds "$PHASE" \
+            --json "$R/$sys-throughput-$n.json"
+    done
+    log "round $round, $sys: request/response, 50 connections at $RATE/s"
+    ready "$addr"
+    loadgen latency --addr "$addr" --connections 50 --size 64 --rate "$RATE" \
+        --seconds "$PHASE" --json "$R/$sys-latency.json"
+    log "round $round, $sys: churn, 8 workers"
+    ready "$addr"
+    loadgen churn --addr "$addr" --concurrency 8 --seconds "$PHASE" \
+        --json "$R/$sys-churn.json"
+    python3 - "$R/$sys-process.json" "$sys" "$server" "$client" "$srv_rss" "$cli_rss" \
+        "$s0" "$s1" "$c0" "$c1" "$(getconf CLK_TCK)" "$load" <<'EOF'
+import json, sys
+out, system, spid, cpid, srss, crss, s0, s1, c0, c1, tck, load = sys.argv[1:]
+num = lambda v: int(v) if v else None
+doc = {
+    "system": system,
+    "clk_tck": int(tck),
+    "loadavg_before": load,
+    "server": None if not spid else {
+        "pid": int(spid), "rss_kb_at_rest": num(srss),
+        "cpu_ticks_before_1_stream": num(s0), "cpu_ticks_after_1_stream": num(s1)},
+    "client": None if not cpid else {
+        "pid": int(cpid), "rss_kb_at_rest": num(crss),
+        "cpu_ticks_before_1_stream": num(c0), "cpu_ticks_after_1_stream": num(c1)},
+}
+with open(out, "w") as f:
+    json.dump(doc, f, indent=2)
+    f.write("\n")
+EOF
+}
+
+run_nowconnect() {
+    local sys=$1 driver=$2 line hub agent addr stack dir admin
+    log "round $round, $sys: starting hub ($driver, $SHARDS shards) and agent"
+    printf '%s\n' "nowconnect-loadgen stack --driver $driver --shards $SHARDS --target echo=$ECHO" \
+        >>"$R/commands.txt"
+    start_bg "stack-$sys-$round" nowconnect-loadgen stack --driver "$driver" --shards "$SHARDS" \
+        --target "echo=$ECHO"
+    stack=$STARTED
+    if ! line=$(wait_line "$WORK/stack-$sys-$round.out" "$stack"); then
+        log "round $round, $sys: the stack did not start; see $WORK/stack-$sys-$round.log"
+        printf '%s\n' "round $round, $sys: the stack did not start" >>"$R/failures.txt"
+        KEEP_WORK=1
+        stop_started "$stack"
+        return 0
+    fi
+    read -r hub agent addr < <(python3 -c '
+import json, sys
+d = json.loads(sys.argv[1])
+print(d["hub_pid"], d["agent_pid"], d["listeners"]["echo"])' "$line")
+    EXTRA+=("$hub:nowconnect-hub" "$agent:nowconnect-agen")
+    read -r dir admin < <(python3 -c '
+import json, sys
+d = json.loads(sys.argv[1])
+print(d["dir"], d["admin"])' "$line")
+    tunnel_up "$sys" "$addr" "$stack" || return 0
+    measure "$sys" "$addr" "$hub" "$agent"
+    # The stack removes its directory when it stops: keep the logs' warnings and errors, and
+    # the hub's counters after the last phase.
+    python3 - "$R/$sys-logs.json" "$admin" "$dir/hub.log" "$dir/agent.log" <<'EOF'
+import json, sys, urllib.request
+doc = {}
+try:
+    with urllib.request.urlopen("http://%s/metrics" % sys.argv[2], timeout=5) as r:
+        text = r.read().decode()
+    doc["hub_metrics"] = [
+        line for line in text.splitlines()
+        if line and not line.startswith("#") and "_bucket{" not in line
+        and line.rsplit(" ", 1)[-1] not in ("0", "0.0")
+    ]
+except OSError as e:
+    doc["hub_metrics_error"] = str(e)
+for path in sys.argv[3:]:
+    name = path.rsplit("/", 1)[-1].removesuffix(".log")
+    levels, notable = {}, []
+    try:
+        lines = open(path, errors="replace").read().splitlines()
+    except OSError:
+        lines = []
+    for line in lines:
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            rec = {"level": "TEXT"}
+        level = rec.get("level", "?")
+        levels[level] = levels.get(level, 0) + 1
+        if level not in ("INFO", "DEBUG", "TRACE"):
+            notable.append(line)
+    doc[name] = {"lines": len(lines), "levels": levels, "warnings_and_errors": notable[:50]}
+with open(sys.argv[1], "w") as f:
+    json.dump(doc, f, indent=2)
+    f.write("\n")
+EOF
+    stop_started "$stack"
+}
+
+run_rathole() {
+    local ctl svc server client
+    ctl=$(free_port)
+    svc=$(free_port)
+    cat >"$R/rathole-server.toml" <<EOF
+[server]
+bind_addr = "127.0.0.1:$ctl"
+
+[server.services.echo]
+token = "perf-run-token"
+bind_addr = "127.0.0.1:$svc"
+EOF
+    cat >"$R/rathole-client.toml" <<EOF
+[client]
+remote_addr = "127.0.0.1:$ctl"
+
+[client.services.echo]
+token = "perf-run-token"
+local_addr = "$ECHO"
+EOF
+    log "round $round, rathole: starting server and client"
+    shown "rathole --server $R/rathole-server.toml" >>"$R/commands.txt"
+    shown "rathole --client $R/rathole-client.toml" >>"$R/commands.txt"
+    start_bg rathole-server-$round rathole --server "$R/rathole-server.toml"
+    server=$STARTED
+    start_bg rathole-client-$round rathole --client "$R/rathole-client.toml"
+    client=$STARTED
+    tunnel_up rathole "127.0.0.1:$svc" "$client" "$server" || return 0
+    measure rathole "127.0.0.1:$svc" "$server" "$client"
+    stop_started "$client" "$server"
+}
+
+run_bore() {
+    local port server client i
+    if ! port_is_free "$BORE_CONTROL_PORT"; then
+        log "round $round, bore: its control port $BORE_CONTROL_PORT is taken; skipping bore"
+        printf '%s\n' "round $round, bore: control port $BORE_CONTROL_PORT taken" >>"$R/failures.txt"
+        return 0
+    fi
+    port=$(free_port)
+    log "round $round, bore: starting server and local"
+    printf '%s\n' "bore server --bind-addr 127.0.0.1 --min-port $port --max-port $port" \
+        "bore local ${ECHO##*:} --local-host 127.0.0.1 --to 127.0.0.1 --port $port" \
+        >>"$R/commands.txt"
+    start_bg bore-server-$round bore server --bind-addr 127.0.0.1 --min-port "$port" --max-port "$port"
+    server=$STARTED
+    for ((i = 0; i < 100; i++)); do
+        port_is_free "$BORE_CONTROL_PORT" || break
+        sleep 0.1
+    done
+    start_bg bore-local-$round bore local "${ECHO##*:}" --local-host 127.0.0.1 --to 127.0.0.1 \
+        --port "$port"
+    client=$STARTED
+    tunnel_up bore "127.0.0.1:$port" "$client" "$server" || return 0
+    measure bore "127.0.0.1:$port" "$server" "$client"
+    stop_started "$client" "$server"
+}
+
+# --- build and install ---------------------------------------------------------------------
+
+cd "$ROOT"
+if [[ $BUILD -eq 1 ]]; then
+    log "building the release binaries"
+    cargo build --release -p nowconnect-hub -p nowconnect-agent -p nowconnect-loadgen >&2
+fi
+install_peer() {
+    local cmd=$1 crate=$2 version=$3
+    command -v "$cmd" >/dev/null && return 0
+    log "installing $crate $version"
+    # rathole 0.5.0's lock file no longer builds on current Rust: no --locked.
+    CARGO_TARGET_DIR=${PEERS_TARGET_DIR:-$WORK/peers-target} \
+        cargo install "$crate" --version "$version" >&2
+}
+if [[ " $SYSTEMS " == *" rathole "* ]]; then
+    install_peer rathole rathole "$RATHOLE_VERSION"
+fi
+if [[ " $SYSTEMS " == *" bore "* ]]; then
+    install_peer bore bore-cli "$BORE_VERSION"
+fi
+
+mkdir -p "$OUT"
+rm -rf "$OUT"/round-*
+rm -f "$OUT"/*.json "$OUT/commands.txt"
+
+# --- the machine and the versions ----------------------------------------------------------
+
+STARTED_AT=$(date -u +%Y-%m-%dT%H:%M:%SZ)
+# The code measured: the commit, and whether anything outside the results differs from it.
+NC_COMMIT=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
+if [[ -n $(git status --porcelain --untracked-files=no -- . ':(exclude)perf/results' \
+    ':(exclude)perf/RESULTS.md' 2>/dev/null) ]]; then
+    NC_COMMIT="$NC_COMMIT with local changes"
+fi
+T0=$(date +%s)
+LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
+RATHOLE_V=""
+BORE_V=""
+if command -v rathole >/dev/null; then
+    RATHOLE_V="rathole $(rathole --version | awk '/Build Version/ { print $3 }')"
+fi
+if command -v bore >/dev/null; then
+    BORE_V=$(bore --version)
+fi
+
+# --- the target, shared by every system ----------------------------------------------------
+
+ECHO=127.0.0.1:$(free_port)
+shown "nowconnect-loadgen target echo --listen $ECHO" >"$OUT/commands.txt"
+start_bg target-echo nowconnect-loadgen target echo --listen "$ECHO"
+wait_echo "$ECHO"
+
+# Every round runs every system once, in the same order, so a change in the machine's other
+# load over the run touches all of them alike; the report takes each figure's median.
+for ((round = 1; round <= ROUNDS; round++)); do
+    R=$OUT/round-$round
+    mkdir -p "$R"
+    : >"$R/commands.txt"
+    for sys in $SYSTEMS; do
+        case $sys in
+        direct) measure direct "$ECHO" ;;
+        uring) run_nowconnect uring io_uring ;;
+        epoll) run_nowconnect epoll epoll ;;
+        rathole) run_rathole ;;
+        bore) run_bore ;;
+        esac
+    done
+done
+
+LOAD_END=$(cut -d' ' -f1-3 /proc/loadavg)
+ELAPSED=$(($(date +%s) - T0))
+
+python3 - "$OUT/meta.json" <<EOF
+import json, platform, sys
+cpu = ""
+with open("/proc/cpuinfo") as f:
+    for line in f:
+        if line.startswith("model name"):
+            cpu = line.split(":", 1)[1].strip()
+            break
+mem_kb = 0
+with open("/proc/meminfo") as f:
+    for line in f:
+        if line.startswith("MemTotal:"):
+            mem_kb = int(line.split()[1])
+doc = {
+    "started_at": "$STARTED_AT",
+    "elapsed_seconds": $ELAPSED,
+    "nproc": $(nproc),
+    "kernel": platform.release(),
+    "cpu_model": cpu,
+    "memory_gib": round(mem_kb / 1048576, 1),
+    "loadavg_start": "$LOAD_START",
+    "loadavg_end": "$LOAD_END",
+    "phase_seconds": float("$PHASE"),
+    "rounds": $ROUNDS,
+    "latency_rate": float("$RATE"),
+    "hub_shards": $SHARDS,
+    "systems": "$SYSTEMS".split(),
+    "versions": {
+        "nowconnect": "$NC_COMMIT",
+        "nowconnect-hub": "$(nowconnect-hub --version 2>/dev/null || true)",
+        "nowconnect-agent": "$(nowconnect-agent --version 2>/dev/null || true)",
+        "nowconnect-loadgen": "$(nowconnect-loadgen --version 2>/dev/null || true)",
+        "rathole": "$RATHOLE_V",
+        "bore": "$BORE_V",
+        "rustc": "$(rustc --version)",
+        "python3": platform.python_version(),
+    },
+}
+with open(sys.argv[1], "w") as f:
+    json.dump(doc, f, indent=2)
+    f.write("\n")
+EOF
+
+python3 "$ROOT/perf/results.py" "$OUT" >"$REPORT"
+log "done in ${ELAPSED} s: $REPORT"
