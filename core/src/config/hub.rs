@@ -285,6 +285,9 @@ pub struct SecurityConfig {
     /// The scope that grants a connector is this prefix followed by the connector's name.
     /// Default `connector:`; 1 to 64 printable characters without spaces.
     pub connector_scope_prefix: String,
+    /// Whether tokens must declare themselves access tokens with `typ: at+jwt` (RFC 9068).
+    /// Default `false`: `JWT` or no `typ` is accepted too, as some providers send.
+    pub require_at_jwt_typ: bool,
     /// DPoP proof-of-possession (`dpop:`).
     pub dpop: DpopConfig,
     /// Certificate-bound tokens (`mtls:`).
@@ -300,6 +303,7 @@ impl Default for SecurityConfig {
             allow_cidrs: CidrList::default(),
             require_connector_scopes: false,
             connector_scope_prefix: "connector:".to_owned(),
+            require_at_jwt_typ: false,
             dpop: DpopConfig::default(),
             mtls: MtlsConfig::default(),
         }

@@ -171,6 +171,26 @@ pub enum AuthFailure {
     /// No key set has been loaded yet (the identity provider was never reached).
     #[error("no JWKS loaded yet")]
     JwksUnavailable,
+    /// The header names no key (`kid`): every provider this hub serves names its keys, and
+    /// guessing one would let a token pick among them.
+    #[error("the token's header has no kid")]
+    MissingKid,
+    /// The header's `typ` says this is not an access token (RFC 8725 §3.11, RFC 9068 §2.1).
+    #[error("token type \"{typ}\" refused: {why}")]
+    Type {
+        /// The `typ` value, truncated and escaped.
+        typ: String,
+        /// Why it is refused.
+        why: &'static str,
+    },
+    /// `iat` is in the future (beyond the leeway).
+    #[error("token issued in the future at {iat} (now {now}, leeway {LEEWAY_SECS} s)")]
+    IssuedInFuture {
+        /// The `iat` claim.
+        iat: u64,
+        /// The time of the check.
+        now: u64,
+    },
     /// The token's `cnf` binding does not hold on this connection.
     #[error("binding refused: {0}")]
     Binding(BindingFailure),
@@ -196,6 +216,9 @@ impl AuthFailure {
             AuthFailure::Issuer(_) => "issuer",
             AuthFailure::AgentId(_) => "agent_id",
             AuthFailure::JwksUnavailable => "jwks_unavailable",
+            AuthFailure::MissingKid => "missing_kid",
+            AuthFailure::Type { .. } => "typ",
+            AuthFailure::IssuedInFuture { .. } => "iat",
             AuthFailure::Binding(
                 BindingFailure::NoCertificate | BindingFailure::OtherCertificate,
             ) => "cert_binding",
@@ -313,6 +336,8 @@ struct Inner {
     require_bound_tokens: bool,
     /// `security.dpop.required`.
     dpop_required: bool,
+    /// `security.require_at_jwt_typ`.
+    require_at_jwt_typ: bool,
     /// The normalised `tunnel.public_url`, which a proof's `htu` must name; `None` to use
     /// the request's `Host` and path instead.
     public_htu: Option<String>,
@@ -351,6 +376,7 @@ impl Authenticator {
                 issuer: non_empty(&security.issuer),
                 require_bound_tokens: security.mtls.require_bound_tokens,
                 dpop_required: security.dpop.required,
+                require_at_jwt_typ: security.require_at_jwt_typ,
                 public_htu: tunnel
                     .public_url
                     .as_ref()
@@ -484,6 +510,7 @@ impl Authenticator {
     /// unknown `kid`), then the claims.
     async fn verify_token(&self, token: &str, now_unix: u64) -> Result<Identity, AuthFailure> {
         let parsed = ParsedToken::parse(token)?;
+        check_typ(parsed.typ.as_deref(), self.inner.require_at_jwt_typ)?;
         let store = &self.inner.store;
         let first = self.check(&parsed, &store.current(), now_unix);
         match first {
@@ -570,6 +597,11 @@ impl Authenticator {
             && nbf > now.saturating_add(LEEWAY_SECS)
         {
             return Err(AuthFailure::NotYetValid { nbf, now });
+        }
+        if let Some(iat) = numeric(claims, "iat")?
+            && iat > now.saturating_add(LEEWAY_SECS)
+        {
+            return Err(AuthFailure::IssuedInFuture { iat, now });
         }
         self.check_audience(claims.get("aud"))?;
         if let Some(expected) = &self.inner.issuer {
@@ -681,6 +713,7 @@ struct ParsedToken<'a> {
     signature: &'a str,
     alg: Algorithm,
     kid: Option<String>,
+    typ: Option<String>,
 }
 
 impl<'a> ParsedToken<'a> {
@@ -725,9 +758,14 @@ impl<'a> ParsedToken<'a> {
             });
         };
         let kid = match fields.get("kid") {
-            None => None,
+            None => return Err(AuthFailure::MissingKid),
             Some(Value::String(kid)) => Some(kid.clone()),
             Some(_) => return Err(AuthFailure::Malformed("the header's kid is not a string")),
+        };
+        let typ = match fields.get("typ") {
+            None => None,
+            Some(Value::String(typ)) => Some(typ.clone()),
+            Some(_) => return Err(AuthFailure::Malformed("the header's typ is not a string")),
         };
         // RFC 7515 §4.1.11: extensions listed in crit must be understood; none are here.
         if fields.contains_key("crit") {
@@ -744,6 +782,7 @@ impl<'a> ParsedToken<'a> {
             signature,
             alg,
             kid,
+            typ,
         })
     }
 
@@ -754,6 +793,40 @@ impl<'a> ParsedToken<'a> {
             .map_err(|_| AuthFailure::Malformed("the payload is not base64url"))?;
         serde_json::from_slice(&json)
             .map_err(|_| AuthFailure::Malformed("the payload is not a JSON object"))
+    }
+}
+
+/// The header's `typ` (RFC 7515 §4.1.9, compared case-insensitively, an `application/`
+/// prefix allowed): an access token (`at+jwt`, RFC 9068 §2.1), or — unless `strict` — plain
+/// `JWT` or none, since Entra ID and others send those. Any other type (a DPoP proof, an ID
+/// token, a logout token) is not an access token and is refused (RFC 8725 §3.11).
+fn check_typ(typ: Option<&str>, strict: bool) -> Result<(), AuthFailure> {
+    let refuse = |typ: &str, why| {
+        Err(AuthFailure::Type {
+            typ: shown(typ),
+            why,
+        })
+    };
+    let Some(typ) = typ else {
+        return if strict {
+            refuse(
+                "",
+                "an at+jwt type is required (security.require_at_jwt_typ)",
+            )
+        } else {
+            Ok(())
+        };
+    };
+    let lower = typ.to_ascii_lowercase();
+    let bare = lower.strip_prefix("application/").unwrap_or(&lower);
+    match bare {
+        "at+jwt" => Ok(()),
+        "jwt" if !strict => Ok(()),
+        "jwt" => refuse(
+            typ,
+            "an at+jwt type is required (security.require_at_jwt_typ)",
+        ),
+        _ => refuse(typ, "not an access token type"),
     }
 }
 

@@ -153,21 +153,58 @@ async fn unknown_kid_is_refused() {
 }
 
 #[tokio::test]
-async fn token_without_kid_uses_the_only_matching_key() {
+async fn a_token_without_kid_is_refused_even_with_one_matching_key() {
     let ec = TestKey::ec("k1");
-    let rsa = TestKey::rsa("r1");
-    let auth = authenticator(&[&ec, &rsa]);
-    verify(&auth, &ec.sign_with(Algorithm::ES256, None, &claims()))
-        .await
-        .unwrap();
-    verify(&auth, &rsa.sign_with(Algorithm::RS256, None, &claims()))
-        .await
-        .unwrap();
-
-    let second_ec = TestKey::ec("k2");
-    let auth = authenticator(&[&ec, &second_ec]);
+    let auth = authenticator(&[&ec]);
     let kidless = ec.sign_with(Algorithm::ES256, None, &claims());
-    assert_eq!(refused(&auth, &kidless).await, "unknown_kid");
+    assert_eq!(refused(&auth, &kidless).await, "missing_kid");
+}
+
+#[tokio::test]
+async fn only_access_token_types_are_accepted() {
+    let key = TestKey::ec("k1");
+    let auth = authenticator(&[&key]);
+    let typed = |typ: Option<&str>| {
+        let mut header = Header::new(Algorithm::ES256);
+        header.kid = Some("k1".into());
+        header.typ = typ.map(str::to_owned);
+        key.sign_with_header(&header, &claims())
+    };
+    for ok in [
+        None,
+        Some("JWT"),
+        Some("at+jwt"),
+        Some("application/at+JWT"),
+    ] {
+        verify(&auth, &typed(ok)).await.unwrap();
+    }
+    for bad in ["dpop+jwt", "id_token+jwt", "logout+jwt", "JOSE"] {
+        assert_eq!(refused(&auth, &typed(Some(bad))).await, "typ", "{bad}");
+    }
+
+    let mut strict = security();
+    strict.require_at_jwt_typ = true;
+    let strict = Authenticator::new(
+        &strict,
+        &nowconnect_core::config::TunnelConfig::default(),
+        store_without_refresher(Some(&jwks(&[&key]))),
+    );
+    verify(&strict, &typed(Some("at+jwt"))).await.unwrap();
+    for bad in [None, Some("JWT")] {
+        assert_eq!(refused(&strict, &typed(bad)).await, "typ", "{bad:?}");
+    }
+}
+
+#[tokio::test]
+async fn a_token_issued_in_the_future_is_refused() {
+    let key = TestKey::ec("k1");
+    let auth = authenticator(&[&key]);
+    let soon = claims_with("iat", json!(NOW + LEEWAY_SECS));
+    verify(&auth, &key.sign(&soon)).await.unwrap();
+    let later = claims_with("iat", json!(NOW + LEEWAY_SECS + 1));
+    assert_eq!(refused(&auth, &key.sign(&later)).await, "iat");
+    let bad = claims_with("iat", json!("yesterday"));
+    assert_eq!(refused(&auth, &key.sign(&bad)).await, "claims");
 }
 
 #[tokio::test]
@@ -426,6 +463,12 @@ fn every_reason_has_a_challenge() {
         AuthFailure::Issuer("x"),
         AuthFailure::AgentId("x"),
         AuthFailure::JwksUnavailable,
+        AuthFailure::MissingKid,
+        AuthFailure::Type {
+            typ: "x".into(),
+            why: "x",
+        },
+        AuthFailure::IssuedInFuture { iat: 2, now: 1 },
         AuthFailure::Binding(BindingFailure::OtherCertificate),
         AuthFailure::Binding(BindingFailure::DpopAsBearer),
         AuthFailure::Binding(BindingFailure::Unbound),
