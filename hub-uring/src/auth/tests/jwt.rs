@@ -215,6 +215,7 @@ async fn alg_none_is_refused() {
     for header in [
         r#"{"alg":"none","typ":"JWT","kid":"k1"}"#,
         r#"{"alg":"None","kid":"k1"}"#,
+        r#"{"alg":"NONE","kid":"k1"}"#,
     ] {
         let token = format!("{}.{payload}.", b64(header.as_bytes()));
         assert_eq!(refused(&auth, &token).await, "algorithm");
@@ -226,6 +227,28 @@ async fn alg_none_is_refused() {
     }
     let missing_alg = format!("{}.{payload}.c2ln", b64(br#"{"kid":"k1"}"#));
     assert_eq!(refused(&auth, &missing_alg).await, "malformed");
+}
+
+#[tokio::test]
+async fn keys_named_in_the_token_itself_are_never_used() {
+    let trusted = TestKey::ec("k1");
+    let attacker = TestKey::ec("k1");
+    let auth = authenticator(&[&trusted]);
+    // The attacker signs with its own key and points at it every way a header can: the hub
+    // looks only in its JWKS, so the signature fails.
+    for header in [
+        json!({ "alg": "ES256", "kid": "k1", "jwk": attacker.jwk }),
+        json!({ "alg": "ES256", "kid": "k1", "jku": "https://attacker.test/jwks.json" }),
+        json!({ "alg": "ES256", "kid": "k1", "x5u": "https://attacker.test/cert.pem" }),
+        json!({ "alg": "ES256", "kid": "k1", "x5c": ["MIIB"] }),
+    ] {
+        let token = attacker.sign_json(&header, &claims());
+        assert_eq!(refused(&auth, &token).await, "signature", "{header}");
+    }
+    // A kid the JWKS does not have, with the key embedded: unknown, not trusted.
+    let header = json!({ "alg": "ES256", "kid": "elsewhere", "jwk": attacker.jwk });
+    let token = attacker.sign_json(&header, &claims());
+    assert_eq!(refused(&auth, &token).await, "unknown_kid");
 }
 
 #[tokio::test]
