@@ -442,23 +442,40 @@ pub(super) struct Schedule {
     pub(super) retry_first: Duration,
     /// Longest retry delay while no set has been loaded yet.
     pub(super) retry_max: Duration,
+    /// Bounds on a refetch period taken from the response's `Cache-Control: max-age`.
+    pub(super) min_period: Duration,
+    pub(super) max_period: Duration,
 }
 
 impl Schedule {
-    /// Every 5 minutes; unknown-`kid` refetches at most once per 30 s; at start, retries
-    /// after 1 s, doubling to 30 s, until the first load succeeds.
+    /// Every 5 minutes, or as the response's `Cache-Control: max-age` says within 1 minute
+    /// to 1 hour; unknown-`kid` refetches at most once per 30 s; at start, retries after
+    /// 1 s, doubling to 30 s, until the first load succeeds.
     pub(super) const STANDARD: Schedule = Schedule {
         period: Duration::from_secs(300),
         min_gap: Duration::from_secs(30),
         retry_first: Duration::from_secs(1),
         retry_max: Duration::from_secs(30),
+        min_period: Duration::from_secs(60),
+        max_period: Duration::from_secs(3600),
     };
+
+    /// The period until the next scheduled refetch after a load whose response said
+    /// `max_age` (if anything).
+    fn after_load(&self, max_age: Option<Duration>) -> Duration {
+        max_age.map_or(self.period, |age| {
+            age.clamp(self.min_period, self.max_period.max(self.min_period))
+        })
+    }
 }
 
 /// Keeps `store` current from `url`, on the control plane's tokio runtime; runs until the
 /// task is dropped.
 ///
-/// Loads the JWKS at once, then refetches every 5 minutes, and when a shard asks through
+/// Loads the JWKS at once, then refetches every 5 minutes (or after the response's
+/// `Cache-Control: max-age`, kept between 1 minute and 1 hour: a shorter one would hammer the
+/// identity provider, a longer one would keep a key the provider withdrew), and when a shard
+/// asks through
 /// [`JwksStore::refresh_for_unknown_kid`] (at most once per 30 s; requests arriving together
 /// share one fetch). Until the first load succeeds it retries after 1 s, doubling up to
 /// 30 s. A failed fetch logs a warning and keeps the last good set. `on_loaded` is called
@@ -501,14 +518,16 @@ pub(super) async fn run_refresher(
     loop {
         tokio::select! {
             () = tokio::time::sleep_until(next), if source.is_some() => {
+                let mut max_age = None;
                 if let Some(source) = &source
-                    && fetch_into(source, &store).await
+                    && let Some(age) = fetch_into(source, &store).await
                 {
+                    max_age = age;
                     on_loaded();
                 }
                 let now = Instant::now();
                 next = if store.is_loaded() {
-                    now + schedule.period
+                    now + schedule.after_load(max_age)
                 } else {
                     let delay = retry;
                     retry = retry.saturating_mul(2).min(schedule.retry_max);
@@ -526,13 +545,14 @@ pub(super) async fn run_refresher(
                 }
                 let due = last_kid_fetch.is_none_or(|at| at.elapsed() >= schedule.min_gap);
                 if let (true, Some(source)) = (due, &source) {
-                    if fetch_into(source, &store).await {
+                    let fetched = fetch_into(source, &store).await;
+                    if fetched.is_some() {
                         on_loaded();
                     }
                     let now = Instant::now();
                     last_kid_fetch = Some(now);
                     if store.is_loaded() {
-                        next = now + schedule.period;
+                        next = now + schedule.after_load(fetched.flatten());
                     }
                 } else {
                     tracing::debug!(
@@ -555,14 +575,14 @@ pub(super) async fn run_refresher(
 }
 
 /// Fetches and installs a key set; on failure logs and keeps the set in force. Returns
-/// whether a set was installed.
-async fn fetch_into(source: &Source, store: &JwksStore) -> bool {
+/// `None` when nothing was installed, else the response's `Cache-Control: max-age`, if any.
+async fn fetch_into(source: &Source, store: &JwksStore) -> Option<Option<Duration>> {
     match source
-        .fetch()
+        .fetch_with_max_age()
         .await
-        .and_then(|text| KeySet::from_json(&text))
+        .and_then(|(text, max_age)| KeySet::from_json(&text).map(|keys| (keys, max_age)))
     {
-        Ok(keys) => {
+        Ok((keys, max_age)) => {
             let before = store.current();
             let changed = !before.kids().eq(keys.kids()) || before.len() != keys.len();
             if changed {
@@ -571,7 +591,7 @@ async fn fetch_into(source: &Source, store: &JwksStore) -> bool {
                 tracing::debug!(keys = keys.len(), "JWKS refreshed, unchanged");
             }
             store.install(keys);
-            true
+            Some(max_age)
         }
         Err(error) => {
             tracing::warn!(
@@ -579,7 +599,7 @@ async fn fetch_into(source: &Source, store: &JwksStore) -> bool {
                 loaded = store.is_loaded(),
                 "JWKS fetch failed; keeping the last good key set"
             );
-            false
+            None
         }
     }
 }
@@ -629,9 +649,22 @@ impl Source {
     }
 
     /// Reads the whole document, refusing more than [`MAX_JWKS_BYTES`].
+    #[cfg(test)]
     pub(super) async fn fetch(&self) -> Result<String, FetchError> {
+        self.fetch_with_max_age().await.map(|(text, _)| text)
+    }
+
+    /// [`Source::fetch`], with the `Cache-Control: max-age` of an HTTP response.
+    pub(super) async fn fetch_with_max_age(
+        &self,
+    ) -> Result<(String, Option<Duration>), FetchError> {
+        let mut max_age = None;
         let body = match self {
-            Source::Http { client, url } => fetch_http(client, url).await?,
+            Source::Http { client, url } => {
+                let (body, age) = fetch_http(client, url).await?;
+                max_age = age;
+                body
+            }
             Source::File(path) => {
                 let owned = path.clone();
                 tokio::task::spawn_blocking(move || read_file(owned))
@@ -642,7 +675,8 @@ impl Source {
                     })??
             }
         };
-        String::from_utf8(body).map_err(|_| FetchError::NotUtf8)
+        let text = String::from_utf8(body).map_err(|_| FetchError::NotUtf8)?;
+        Ok((text, max_age))
     }
 }
 
@@ -671,7 +705,32 @@ fn file_path(rest: &str) -> Option<PathBuf> {
     String::from_utf8(decoded).ok().map(PathBuf::from)
 }
 
-async fn fetch_http(client: &reqwest::Client, url: &str) -> Result<Vec<u8>, FetchError> {
+/// What `Cache-Control` says about how long a response stays fresh (RFC 9111 §5.2.2):
+/// `max-age`, or zero for `no-store` and `no-cache`; `None` when it says neither.
+pub(super) fn cache_max_age(value: &str) -> Option<Duration> {
+    let mut age = None;
+    for directive in value.split(',') {
+        let directive = directive.trim();
+        let (name, arg) = match directive.split_once('=') {
+            Some((name, arg)) => (name.trim(), Some(arg.trim().trim_matches('"'))),
+            None => (directive, None),
+        };
+        if name.eq_ignore_ascii_case("no-store") || name.eq_ignore_ascii_case("no-cache") {
+            return Some(Duration::ZERO);
+        }
+        if name.eq_ignore_ascii_case("max-age")
+            && let Some(seconds) = arg.and_then(|a| a.parse::<u64>().ok())
+        {
+            age = Some(Duration::from_secs(seconds));
+        }
+    }
+    age
+}
+
+async fn fetch_http(
+    client: &reqwest::Client,
+    url: &str,
+) -> Result<(Vec<u8>, Option<Duration>), FetchError> {
     let mut response = client
         .get(url)
         .header(
@@ -685,6 +744,13 @@ async fn fetch_http(client: &reqwest::Client, url: &str) -> Result<Vec<u8>, Fetc
     if !status.is_success() {
         return Err(FetchError::Status(status.as_u16()));
     }
+    let max_age = response
+        .headers()
+        .get_all(reqwest::header::CACHE_CONTROL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .filter_map(cache_max_age)
+        .min();
     let too_large = FetchError::TooLarge {
         limit: MAX_JWKS_BYTES,
     };
@@ -701,7 +767,7 @@ async fn fetch_http(client: &reqwest::Client, url: &str) -> Result<Vec<u8>, Fetc
         }
         body.extend_from_slice(&chunk);
     }
-    Ok(body)
+    Ok((body, max_age))
 }
 
 fn read_file(path: PathBuf) -> Result<Vec<u8>, FetchError> {

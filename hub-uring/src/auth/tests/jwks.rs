@@ -12,7 +12,7 @@ use serde_json::json;
 use super::support::{
     JwksFile, JwksServer, TestKey, b64, claims, eventually, jwks, refused, security, verify,
 };
-use crate::auth::jwks::{Schedule, Source, run_refresher};
+use crate::auth::jwks::{Schedule, Source, cache_max_age, run_refresher};
 use crate::auth::{Authenticator, FetchError, JwksStore, KeySet, MAX_JWKS_BYTES};
 
 /// A refresher over `url` with `min_gap` between unknown-`kid` refetches and no periodic
@@ -26,6 +26,8 @@ fn start_refresher(url: &str, min_gap: Duration) -> (JwksStore, Arc<AtomicUsize>
         min_gap,
         retry_first: Duration::from_millis(20),
         retry_max: Duration::from_millis(20),
+        min_period: Duration::from_millis(50),
+        max_period: Duration::from_millis(200),
     };
     let (url, refreshed) = (url.to_owned(), store.clone());
     tokio::spawn(async move {
@@ -358,4 +360,44 @@ fn refresher_can_run_on_a_multi_threaded_runtime() {
     fn assert_sync<T: Send + Sync + Clone>() {}
     assert_sync::<Authenticator>();
     assert_sync::<JwksStore>();
+}
+
+#[test]
+fn cache_control_gives_the_refetch_period() {
+    let secs = Duration::from_secs;
+    assert_eq!(cache_max_age("max-age=600"), Some(secs(600)));
+    assert_eq!(
+        cache_max_age("public, Max-Age=\"90\", must-revalidate"),
+        Some(secs(90))
+    );
+    assert_eq!(cache_max_age("no-cache"), Some(Duration::ZERO));
+    assert_eq!(cache_max_age("max-age=600, no-store"), Some(Duration::ZERO));
+    assert_eq!(cache_max_age("public"), None);
+    assert_eq!(cache_max_age("max-age=soon"), None);
+    let standard = Schedule::STANDARD;
+    assert_eq!(standard.min_period, secs(60));
+    assert_eq!(standard.max_period, secs(3600));
+}
+
+/// The periodic refetch follows the response's `Cache-Control: max-age` within the bounds:
+/// here the period is an hour and the bounds 50 to 200 ms, so only a header makes the
+/// refresher come back within a second.
+#[tokio::test]
+async fn the_refresher_follows_cache_control_within_bounds() {
+    let key = TestKey::ec("k1");
+    for (header, refetches) in [
+        (None, false),
+        (Some("max-age=0"), true),
+        (Some("max-age=86400"), true),
+    ] {
+        let server = JwksServer::start(&jwks(&[&key])).await;
+        if let Some(value) = header {
+            server.set_cache_control(value);
+        }
+        let (store, _) = start_refresher(&server.url, Duration::from_secs(30));
+        loaded(&store).await;
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        let hits = server.hits();
+        assert_eq!(hits > 2, refetches, "{header:?}: {hits} fetches");
+    }
 }

@@ -262,6 +262,8 @@ struct Reply {
     /// Whether to send `Content-Length`; without it the body ends when the connection
     /// closes.
     framed: bool,
+    /// A `Cache-Control` value to send, if any.
+    cache_control: Option<String>,
 }
 
 /// A minimal HTTP/1.1 server on 127.0.0.1 answering every request with the current reply
@@ -281,6 +283,7 @@ impl JwksServer {
             status: 200,
             body: body.as_bytes().to_vec(),
             framed: true,
+            cache_control: None,
         }));
         let hits = Arc::new(AtomicUsize::new(0));
         let (served, counter) = (Arc::clone(&reply), Arc::clone(&hits));
@@ -309,6 +312,9 @@ impl JwksServer {
                         if reply.framed {
                             head.push_str(&format!("Content-Length: {}\r\n", reply.body.len()));
                         }
+                        if let Some(value) = &reply.cache_control {
+                            head.push_str(&format!("Cache-Control: {value}\r\n"));
+                        }
                         head.push_str("\r\n");
                         let mut response = head.into_bytes();
                         response.extend_from_slice(&reply.body);
@@ -320,6 +326,11 @@ impl JwksServer {
             }
         });
         JwksServer { url, reply, hits }
+    }
+
+    /// Sends `Cache-Control: value` with every answer from now on.
+    pub(super) fn set_cache_control(&self, value: &str) {
+        self.reply.lock().unwrap().cache_control = Some(value.to_owned());
     }
 
     /// Answers `status` and `body` from now on.
