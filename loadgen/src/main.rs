@@ -424,9 +424,7 @@ async fn run(cmd: Cmd) -> Result<ExitCode, String> {
                 }),
             )
             .await?;
-            print!("{}", r.report());
-            write_json(json.as_deref(), &r)?;
-            Ok(ExitCode::SUCCESS)
+            finish(&r.report(), json.as_deref(), &r, true)
         }
         Cmd::Latency {
             addr,
@@ -452,13 +450,7 @@ async fn run(cmd: Cmd) -> Result<ExitCode, String> {
                 }),
             )
             .await?;
-            print!("{}", r.report());
-            write_json(json.as_deref(), &r)?;
-            Ok(if r.errors.is_empty() {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::FAILURE
-            })
+            finish(&r.report(), json.as_deref(), &r, r.errors.is_empty())
         }
         Cmd::Churn {
             addr,
@@ -478,13 +470,7 @@ async fn run(cmd: Cmd) -> Result<ExitCode, String> {
                 }),
             )
             .await?;
-            print!("{}", r.report());
-            write_json(json.as_deref(), &r)?;
-            Ok(if r.completed > 0 {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::FAILURE
-            })
+            finish(&r.report(), json.as_deref(), &r, r.completed > 0)
         }
         Cmd::Idle {
             addr,
@@ -511,13 +497,7 @@ async fn run(cmd: Cmd) -> Result<ExitCode, String> {
                 }),
             )
             .await?;
-            print!("{}", r.report());
-            write_json(json.as_deref(), &r)?;
-            Ok(if r.failures.is_empty() {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::FAILURE
-            })
+            finish(&r.report(), json.as_deref(), &r, r.failures.is_empty())
         }
         Cmd::SlowReader {
             addr,
@@ -545,13 +525,7 @@ async fn run(cmd: Cmd) -> Result<ExitCode, String> {
                 }),
             )
             .await?;
-            print!("{}", r.report());
-            write_json(json.as_deref(), &r)?;
-            Ok(if r.failures.is_empty() {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::FAILURE
-            })
+            finish(&r.report(), json.as_deref(), &r, r.failures.is_empty())
         }
         Cmd::Verify {
             addr,
@@ -578,13 +552,7 @@ async fn run(cmd: Cmd) -> Result<ExitCode, String> {
                 }),
             )
             .await?;
-            print!("{}", r.report());
-            write_json(json.as_deref(), &r)?;
-            Ok(if r.failures.is_empty() {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::FAILURE
-            })
+            finish(&r.report(), json.as_deref(), &r, r.failures.is_empty())
         }
         Cmd::Report { out, inputs } => {
             for path in report::run(&inputs, &out)? {
@@ -607,13 +575,7 @@ async fn run(cmd: Cmd) -> Result<ExitCode, String> {
                 drivers,
             })
             .await?;
-            print!("{}", r.report());
-            write_json(json.as_deref(), &r)?;
-            Ok(if r.recommended.is_some() {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::FAILURE
-            })
+            finish(&r.report(), json.as_deref(), &r, r.recommended.is_some())
         }
         Cmd::Stack {
             bin_dir,
@@ -709,6 +671,23 @@ async fn wait_for_stop_signal() -> Result<(), String> {
         _ = int.recv() => {}
     }
     Ok(())
+}
+
+/// Prints a scenario's report, writes its JSON when asked, and turns `passed` into the exit
+/// status.
+fn finish(
+    report: &str,
+    json: Option<&Path>,
+    value: &impl Serialize,
+    passed: bool,
+) -> Result<ExitCode, String> {
+    print!("{report}");
+    write_json(json, value)?;
+    Ok(if passed {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 /// Writes `value` as pretty JSON to `path`, when given.
