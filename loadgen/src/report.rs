@@ -13,6 +13,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use plotters::coord::types::RangedCoordf64;
 use plotters::prelude::*;
 use serde_json::Value;
 
@@ -222,7 +223,6 @@ fn draw(
         .margin(16)
         .x_label_area_size(48)
         .y_label_area_size(72);
-    let palette = |i: usize| Palette99::pick(i).to_rgba();
     match axis {
         Axis::Percentiles => {
             let lo = (y_min.max(1.0) / 2.0).max(0.5);
@@ -244,31 +244,7 @@ fn draw(
                 })
                 .draw()
                 .map_err(|e| fail(&e))?;
-            for (i, s) in series.iter().enumerate() {
-                let color = palette(i);
-                chart
-                    .draw_series(LineSeries::new(s.points.clone(), color.stroke_width(2)))
-                    .map_err(|e| fail(&e))?
-                    .label(s.label.as_str())
-                    .legend(move |(x, y)| {
-                        PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
-                    });
-                chart
-                    .draw_series(PointSeries::of_element(
-                        s.points.clone(),
-                        4,
-                        color.filled(),
-                        &|c, r, st| Circle::new(c, r, st),
-                    ))
-                    .map_err(|e| fail(&e))?;
-            }
-            chart
-                .configure_series_labels()
-                .position(SeriesLabelPosition::UpperLeft)
-                .background_style(WHITE.mix(0.8))
-                .border_style(BLACK)
-                .draw()
-                .map_err(|e| fail(&e))?;
+            plot_series(&mut chart, series).map_err(|e| fail(&e))?;
         }
         Axis::Linear => {
             let mut chart = builder
@@ -280,34 +256,41 @@ fn draw(
                 .y_desc(y_label)
                 .draw()
                 .map_err(|e| fail(&e))?;
-            for (i, s) in series.iter().enumerate() {
-                let color = palette(i);
-                chart
-                    .draw_series(LineSeries::new(s.points.clone(), color.stroke_width(2)))
-                    .map_err(|e| fail(&e))?
-                    .label(s.label.as_str())
-                    .legend(move |(x, y)| {
-                        PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
-                    });
-                chart
-                    .draw_series(PointSeries::of_element(
-                        s.points.clone(),
-                        4,
-                        color.filled(),
-                        &|c, r, st| Circle::new(c, r, st),
-                    ))
-                    .map_err(|e| fail(&e))?;
-            }
-            chart
-                .configure_series_labels()
-                .position(SeriesLabelPosition::UpperLeft)
-                .background_style(WHITE.mix(0.8))
-                .border_style(BLACK)
-                .draw()
-                .map_err(|e| fail(&e))?;
+            plot_series(&mut chart, series).map_err(|e| fail(&e))?;
         }
     }
     root.present().map_err(|e| fail(&e))
+}
+
+/// Draws each series as a line with its points, in its own colour, and the legend.
+fn plot_series<'a, Y>(
+    chart: &mut ChartContext<'a, SVGBackend<'a>, Cartesian2d<RangedCoordf64, Y>>,
+    series: &[Series],
+) -> Result<(), DrawingAreaErrorKind<std::io::Error>>
+where
+    Y: Ranged<ValueType = f64>,
+{
+    for (i, s) in series.iter().enumerate() {
+        let color = Palette99::pick(i).to_rgba();
+        chart
+            .draw_series(LineSeries::new(s.points.clone(), color.stroke_width(2)))?
+            .label(s.label.as_str())
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
+            });
+        chart.draw_series(PointSeries::of_element(
+            s.points.clone(),
+            4,
+            color.filled(),
+            &|c, r, st| Circle::new(c, r, st),
+        ))?;
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperLeft)
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .draw()
 }
 
 #[cfg(test)]
