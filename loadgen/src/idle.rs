@@ -131,6 +131,14 @@ impl IdleResult {
     }
 }
 
+/// The hub and agent processes given, with their names for the report.
+pub(crate) fn named_processes(hub: Option<u32>, agent: Option<u32>) -> Vec<(String, u32)> {
+    [("hub", hub), ("agent", agent)]
+        .into_iter()
+        .filter_map(|(name, pid)| Some((name.to_owned(), pid?)))
+        .collect()
+}
+
 /// Resident memory of `pid` in bytes, from `/proc/PID/status`.
 pub(crate) fn rss_bytes(pid: u32) -> Result<u64, String> {
     let path = format!("/proc/{pid}/status");
@@ -154,10 +162,7 @@ pub(crate) async fn run(opts: Options) -> Result<IdleResult, String> {
     if opts.connections == 0 {
         return Err("--connections must be at least 1".into());
     }
-    let processes: Vec<(String, u32)> = [("hub", opts.hub_pid), ("agent", opts.agent_pid)]
-        .into_iter()
-        .filter_map(|(name, pid)| Some((name.to_owned(), pid?)))
-        .collect();
+    let processes = named_processes(opts.hub_pid, opts.agent_pid);
     let mut before = Vec::new();
     for (_, pid) in &processes {
         before.push(rss_bytes(*pid)?);

@@ -17,7 +17,7 @@ use serde::Serialize;
 use tokio::io::AsyncWriteExt;
 use tokio::time::{Instant, sleep, timeout};
 
-use crate::idle::rss_bytes;
+use crate::idle::{named_processes, rss_bytes};
 use crate::throughput::{self, Direction};
 use crate::{net, pattern, stats};
 
@@ -145,10 +145,7 @@ pub(crate) async fn run(opts: Options) -> Result<SlowReaderResult, String> {
     if opts.streams == 0 {
         return Err("--streams must be at least 1".into());
     }
-    let processes: Vec<(String, u32)> = [("hub", opts.hub_pid), ("agent", opts.agent_pid)]
-        .into_iter()
-        .filter_map(|(name, pid)| Some((name.to_owned(), pid?)))
-        .collect();
+    let processes = named_processes(opts.hub_pid, opts.agent_pid);
     let pids: Vec<u32> = processes.iter().map(|(_, p)| *p).collect();
     for pid in &pids {
         rss_bytes(*pid)?;
