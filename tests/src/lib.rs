@@ -1140,17 +1140,17 @@ impl Rig {
         limits: &str,
         shards: u32,
     ) -> Rig {
-        let dir = TempDir::new(tag);
-        let key = SigningKey::generate("k1");
-        let jwks = dir.join("jwks.json");
-        write_jwks(&jwks, &[&key]);
-        let token_file = dir.join("token");
-        write_atomically(&token_file, key.token(AGENT_ID, "jti-1").as_bytes());
         let names: Vec<&str> = targets.iter().map(|(n, _)| *n).collect();
-        let mut config = HubConfig::new("hub-a", &jwks, &names);
-        config.limits = limits.to_owned();
-        config.shards = shards;
-        let hub = Hub::start(dir.path(), &config);
+        let Site {
+            hub,
+            key,
+            token_file,
+            dir,
+        } = Site::start_with(tag, &names, |config, _| {
+            config.limits = limits.to_owned();
+            config.shards = shards;
+        });
+        let jwks = dir.join(SITE_JWKS);
         let agent = Agent::start(&AgentConfig {
             agent_id: AGENT_ID.to_owned(),
             hub_urls: vec![hub.url()],
@@ -1180,6 +1180,9 @@ impl Rig {
 // ---------------------------------------------------------------------------------------------
 // A hub with its identity provider, for tests that start their agents themselves
 
+/// The name of a [`Site`]'s JWKS file in its directory.
+const SITE_JWKS: &str = "jwks.json";
+
 /// A hub, the key its JWKS trusts and a token file for [`AGENT_ID`]; agents are started by
 /// the test (with [`Site::agent`]) and must be dropped before the site.
 pub struct Site {
@@ -1204,7 +1207,7 @@ impl Site {
     ) -> Site {
         let dir = TempDir::new(tag);
         let key = SigningKey::generate("k1");
-        let jwks = dir.join("jwks.json");
+        let jwks = dir.join(SITE_JWKS);
         write_jwks(&jwks, &[&key]);
         let token_file = dir.join("token");
         write_atomically(&token_file, key.token(AGENT_ID, "jti-1").as_bytes());
