@@ -16,6 +16,18 @@ if ((${#missing[@]})); then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
 fi
 
+# Node packages of the real services some tests start (an OpenID identity provider and an
+# AuthZEN policy decision point), at the versions tests/node/package-lock.json pins.
+if ! command -v npm >/dev/null 2>&1; then
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm
+fi
+# A stamp of the lock file installed last lets a machine that has them run the tests offline.
+if ! cmp -s tests/node/package-lock.json tests/node/node_modules/.installed-lock.json; then
+    (cd tests/node && npm ci --no-audit --no-fund --loglevel=error)
+    cp tests/node/package-lock.json tests/node/node_modules/.installed-lock.json
+fi
+
 # The end-to-end tests run the hub and agent binaries: build them first.
 cargo build --workspace --bins --quiet
 
