@@ -20,9 +20,11 @@
 //! - [`time`]: the driver-supplied clock value.
 //! - [`config`]: the hub and agent configuration model and its validation.
 //! - [`cidr`]: address allow-lists.
+//! - [`authz`]: policy decision requests and answers (AuthZEN, legacy).
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod authz;
 pub mod cidr;
 pub mod config;
 pub mod control;

@@ -29,19 +29,7 @@ pub fn load_config(path: &std::path::Path) -> Result<HubConfig, String> {
         .map_err(|e| format!("config file {}: {e}", path.display()))?;
     let config = HubConfig::load(&text, |name| std::env::var(name).ok())
         .map_err(|e| format!("config {}: {e}", path.display()))?;
-    refuse_unenforced(&config).map_err(|e| format!("config {}: {e}", path.display()))?;
     Ok(config)
-}
-
-/// Refuses security settings this version parses but does not enforce yet: an operator who
-/// asks for a policy check must not get a hub that silently skips it.
-fn refuse_unenforced(config: &HubConfig) -> Result<(), String> {
-    let not_yet =
-        |key: &str, remedy: &str| Err(format!("{key}: not enforced by this hub version; {remedy}"));
-    if config.pdp.is_some() {
-        return not_yet("pdp", "remove the section");
-    }
-    Ok(())
 }
 
 /// Entry point of the `nowconnect-hub` binary.

@@ -9,6 +9,7 @@
 //! - [`runtime`]: the thin layer over compio: building a runtime with the chosen driver.
 //! - [`shard`]: a shard's thread, listeners, sessions and client connections.
 //! - [`auth`]: JWT validation against the JWKS.
+//! - [`pdp`]: the policy decision point client asked before each stream opens.
 //! - [`control`]: the control-plane thread.
 //! - [`admin`]: `/healthz`, `/readyz`, `/metrics`.
 //! - [`metrics`]: the Prometheus registry and the handles the data path updates.
@@ -30,5 +31,6 @@ pub mod control;
 pub mod health;
 pub mod logging;
 pub mod metrics;
+pub mod pdp;
 pub mod runtime;
 pub mod shard;

@@ -463,6 +463,8 @@ pub struct HubMetrics {
     handshake_rejections: Family<ReasonLabels, Counter>,
     protocol_errors: Family<KindLabels, Counter>,
     pdp_decisions: Family<PdpLabels, Counter>,
+    pdp_errors: Family<KindLabels, Counter>,
+    pdp_latency: Histogram,
 }
 
 impl HubMetrics {
@@ -518,6 +520,8 @@ impl HubMetrics {
         let handshake_rejections = Family::<ReasonLabels, Counter>::default();
         let protocol_errors = Family::<KindLabels, Counter>::default();
         let pdp_decisions = Family::<PdpLabels, Counter>::default();
+        let pdp_errors = Family::<KindLabels, Counter>::default();
+        let pdp_latency = Histogram::new(OPEN_LATENCY_BUCKETS);
         registry.register(
             "sessions",
             "Agent sessions open now, by agent",
@@ -545,8 +549,19 @@ impl HubMetrics {
         );
         registry.register(
             "pdp_decisions",
-            "Policy decisions, by outcome and source (pdp, cache, fail_open)",
+            "Policy decisions, by outcome and source (pdp, cache, batch, fail_open, error)",
             pdp_decisions.clone(),
+        );
+        registry.register(
+            "pdp_errors",
+            "PDP requests that gave no decision, by kind (timeout, transport, status, malformed, overload)",
+            pdp_errors.clone(),
+        );
+        registry.register_with_unit(
+            "pdp_request",
+            "Time a PDP request took, answered or not",
+            Unit::Seconds,
+            pdp_latency.clone(),
         );
 
         let shard_families = ShardFamilies {
@@ -630,6 +645,8 @@ impl HubMetrics {
             handshake_rejections,
             protocol_errors,
             pdp_decisions,
+            pdp_errors,
+            pdp_latency,
         }
     }
 
@@ -716,8 +733,9 @@ impl HubMetrics {
             .inc();
     }
 
-    /// A policy decision (`decision`: `allow`, `deny`) came from `source` (`pdp`, `cache`,
-    /// `fail_open`).
+    /// A policy decision (`decision`: `allow`, `deny`) came from `source`: `pdp` (asked for
+    /// this stream), `cache` (an allow reused), `batch` (the pre-warm on HELLO), `fail_open`
+    /// (no decision, allowed by `pdp.fail_open`) or `error` (no decision, denied).
     pub fn pdp_decision(&self, decision: &str, source: &str) {
         self.pdp_decisions
             .get_or_create(&PdpLabels {
@@ -725,6 +743,21 @@ impl HubMetrics {
                 source: source.to_owned(),
             })
             .inc();
+    }
+
+    /// A PDP request gave no decision (`kind`: `timeout`, `transport`, `status`, `malformed`,
+    /// `overload`).
+    pub fn pdp_error(&self, kind: &str) {
+        self.pdp_errors
+            .get_or_create(&KindLabels {
+                kind: kind.to_owned(),
+            })
+            .inc();
+    }
+
+    /// A PDP request took `seconds`, answered or not.
+    pub fn pdp_request_seconds(&self, seconds: f64) {
+        self.pdp_latency.observe(seconds);
     }
 
     /// The whole registry in the OpenMetrics text format, ending with `# EOF`; serve it with

@@ -54,22 +54,27 @@ fn a_missing_file_is_named() {
 }
 
 #[test]
-fn security_settings_not_enforced_yet_are_refused() {
+fn a_pdp_section_is_checked_like_any_other() {
     let dir = TempDir::new("cli");
     let path = dir.path("hub.yaml");
-    let base = "security: { jwks_url: https://idp.test/jwks, audience: nc";
+    let base = "security: { jwks_url: https://idp.test/jwks, audience: nc }";
     std::fs::write(
         &path,
-        format!("{base} }}\npdp: {{ url: \"http://127.0.0.1:8594\" }}\n"),
+        format!("{base}\npdp: {{ url: \"http://127.0.0.1:8594\", dialect: legacy }}\n"),
+    )
+    .unwrap();
+    let (ok, _, stderr) = check(&path);
+    assert!(ok, "{stderr}");
+    std::fs::write(
+        &path,
+        format!("{base}\npdp: {{ url: \"http://127.0.0.1:8594\", dialect: xacml }}\n"),
     )
     .unwrap();
     let (ok, code, stderr) = check(&path);
-    assert!(!ok, "pdp accepted");
+    assert!(!ok);
     assert_eq!(code, 2);
     assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
-    assert!(stderr.contains("pdp: not enforced"), "{stderr}");
-    std::fs::write(&path, format!("{base} }}\n")).unwrap();
-    assert!(check(&path).0, "the same file without it passes");
+    assert!(stderr.contains("pdp.dialect"), "{stderr}");
 }
 
 #[test]

@@ -330,20 +330,42 @@ pub struct MtlsConfig {
     pub require_bound_tokens: bool,
 }
 
+word_enum! {
+    /// The request and answer format a policy decision point speaks.
+    pub enum PdpDialect expecting "authzen or legacy" default AuthZen {
+        /// OpenID AuthZEN Authorization API 1.0: `url` is the PDP's base URL, decisions come
+        /// from `POST {url}/access/v1/evaluation` and `/access/v1/evaluations`. The default.
+        AuthZen = "authzen",
+        /// The simplified form of earlier deployments: `POST {url}` with
+        /// `{"subject":{"agent_id":…},"action":"connect",…}`, answered `{"allow":…,"ttl_sec":…}`.
+        Legacy = "legacy",
+    }
+}
+
 /// The `pdp:` section: an HTTP policy decision point asked before a stream opens.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PdpConfig {
-    /// The decision endpoint. Required; an `http://` or `https://` URL with a host.
+    /// The PDP: its base URL (AuthZEN) or its decision endpoint (legacy). Required; an
+    /// `http://` or `https://` URL with a host.
     pub url: String,
+    /// The request format. Default `authzen`.
+    #[serde(default)]
+    pub dialect: PdpDialect,
+    /// A file holding a bearer token sent as `Authorization: Bearer` to the PDP; re-read
+    /// when it changes. Default: none, no `Authorization` header.
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
     /// How long to wait for a decision. Default 300; 1 to 60000.
     #[serde(default = "PdpConfig::default_timeout_ms")]
     pub timeout_ms: u64,
-    /// How long a decision is reused. Default 5000; 0 (no caching) to 86400000.
+    /// How long an allow decision is reused. Default 5000; 0 (no caching) to 86400000.
+    /// Deny decisions are never cached.
     #[serde(default = "PdpConfig::default_cache_ttl_ms")]
     pub cache_ttl_ms: u64,
-    /// Whether a stream may open when the PDP cannot be asked (timeout, error). Default
-    /// `false`: it is refused.
+    /// Whether a stream may open when the PDP gives no decision (timeout, transport error,
+    /// an error status or a malformed answer). Default `false`: it is refused. An explicit
+    /// deny is never overridden.
     #[serde(default)]
     pub fail_open: bool,
 }
@@ -514,6 +536,9 @@ impl HubConfig {
         self.validate_security()?;
         if let Some(pdp) = &self.pdp {
             check::http_url("pdp.url", &pdp.url)?;
+            if let Some(path) = &pdp.token_file {
+                check::file_path("pdp.token_file", path)?;
+            }
             check::range("pdp.timeout_ms", pdp.timeout_ms, 1, 60_000)?;
             check::range("pdp.cache_ttl_ms", pdp.cache_ttl_ms, 0, 86_400_000)?;
         }

@@ -25,8 +25,8 @@ pub use agent::{AGENT_ENV_VARS, AgentConfig, Lanes, MAX_LANES};
 pub use error::ConfigError;
 pub use hub::{
     AdminConfig, ClientAuth, DEFAULT_TUNNEL_PATH, DpopConfig, Driver, HUB_ENV_VARS, HubConfig,
-    LimitsConfig, ListenerConfig, LoggingConfig, MAX_SHARDS, MtlsConfig, PdpConfig, RuntimeConfig,
-    SecurityConfig, Shards, TlsConfig, TunnelConfig,
+    LimitsConfig, ListenerConfig, LoggingConfig, MAX_SHARDS, MtlsConfig, PdpConfig, PdpDialect,
+    RuntimeConfig, SecurityConfig, Shards, TlsConfig, TunnelConfig,
 };
 pub use target::{TargetAddr, TargetAddrError};
 pub use url::{WsUrl, WsUrlError};

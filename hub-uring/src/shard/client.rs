@@ -27,6 +27,7 @@ use super::pool::HEADROOM;
 use super::ring::RecvBuf;
 use super::session::{Mailbox, SessionCtx, ToClient};
 use crate::metrics::{ConnectorMetrics, RejectReason};
+use crate::pdp::Decision;
 
 /// Closes `stream` with a TCP RST.
 pub(crate) fn reset(stream: &TcpStream) {
@@ -72,6 +73,20 @@ pub(crate) async fn serve(
             }
         };
     };
+    if let (Some(pdp), Some(subject)) = (&shard.shared.pdp, &session.subject) {
+        match pdp.decide(subject, info.connector, ip).await {
+            Decision::Allow => {}
+            refused => {
+                tracing::info!(connector = %info.connector, agent = %session.agent_id, %peer,
+                    decision = ?refused, "client refused by the policy decision point");
+                return reject(RejectReason::Denied);
+            }
+        }
+        // The session may have ended while the PDP was asked.
+        if !session.is_routable() {
+            return reject(RejectReason::NoAgent);
+        }
+    }
     let Some((id, mailbox, credit)) = session.open_stream(&info.connector, peer, metrics.clone())
     else {
         return reject(RejectReason::Overload);

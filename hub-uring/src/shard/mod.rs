@@ -40,6 +40,7 @@ use self::session::{Ending, SessionCtx};
 use crate::auth::{Authenticator, JwksStore};
 use crate::health::Health;
 use crate::metrics::{ConnectorMetrics, HubMetrics, ShardMetrics};
+use crate::pdp::Pdp;
 
 /// What every shard shares (read-only or atomic).
 pub(crate) struct Shared {
@@ -48,6 +49,8 @@ pub(crate) struct Shared {
     pub(crate) health: Arc<Health>,
     pub(crate) metrics: Arc<HubMetrics>,
     pub(crate) auth: Authenticator,
+    /// The policy decision point, when `pdp` is configured.
+    pub(crate) pdp: Option<Arc<Pdp>>,
     /// The tunnel's TLS configuration, when the hub terminates TLS itself.
     pub(crate) tls: Option<Arc<rustls::ServerConfig>>,
     pub(crate) pending_handshakes: AtomicUsize,
@@ -248,13 +251,18 @@ fn start(config: HubConfig) -> Result<ExitCode, String> {
         move || health.set_jwks_loaded()
     };
     let refresher = Box::pin(crate::auth::refresher(jwks_url, store, requests, on_loaded));
-    let control = crate::control::start(
-        config.admin.listen,
-        health.clone(),
-        metrics.clone(),
-        vec![refresher],
-    )
-    .map_err(|e| format!("admin.listen {}: {e}", config.admin.listen))?;
+    let mut tasks: Vec<crate::control::Task> = vec![refresher];
+    let pdp = match &config.pdp {
+        Some(pdp) => {
+            let (pdp, worker) = crate::pdp::start(pdp, &config.replica_id, metrics.clone())?;
+            tasks.push(worker);
+            Some(pdp)
+        }
+        None => None,
+    };
+    let control =
+        crate::control::start(config.admin.listen, health.clone(), metrics.clone(), tasks)
+            .map_err(|e| format!("admin.listen {}: {e}", config.admin.listen))?;
 
     let tls = match &config.tunnel.tls {
         Some(tls) => Some(transport::server_config(tls)?),
@@ -269,6 +277,7 @@ fn start(config: HubConfig) -> Result<ExitCode, String> {
         health: health.clone(),
         metrics,
         auth,
+        pdp,
         tls,
         pending_handshakes: AtomicUsize::new(0),
         mesh,

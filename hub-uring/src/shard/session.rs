@@ -9,6 +9,7 @@ use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::net::SocketAddr;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use compio::buf::IoBuf;
@@ -25,7 +26,9 @@ use super::pool::HEADROOM;
 use super::ring::RecvBuf;
 use super::transport::Conn;
 use super::{ShardCtx, now_unix};
+use crate::auth::Identity;
 use crate::metrics::{CloseReason, ConnectorMetrics};
+use crate::pdp::SessionSubject;
 
 /// What a session tells a client connection.
 #[derive(Debug)]
@@ -138,6 +141,8 @@ pub(crate) struct SessionCtx {
     open_timeout_ms: u64,
     /// When the agent's token expires (seconds since the epoch).
     token_exp: u64,
+    /// What the policy decision point is told about the agent, when one is configured.
+    pub(crate) subject: Option<Arc<SessionSubject>>,
 }
 
 /// GOAWAY goes out this long before the agent's token expires, so the agent reconnects with a
@@ -145,20 +150,26 @@ pub(crate) struct SessionCtx {
 const TOKEN_GOAWAY_AHEAD_SECS: u64 = 60;
 
 impl SessionCtx {
+    /// The session `id` of the agent authenticated as `identity`, connected from `peer`,
+    /// serving `accepted`.
     pub(crate) fn new(
         shard: Rc<ShardCtx>,
         id: String,
-        agent_id: String,
+        identity: &Identity,
         peer: SocketAddr,
         accepted: Vec<ConnectorName>,
         core: Session,
-        token_exp: u64,
     ) -> Rc<SessionCtx> {
         let now = shard.now();
         let limits = &shard.shared.config.limits;
+        let subject = shard
+            .shared
+            .pdp
+            .as_ref()
+            .map(|_| Arc::new(SessionSubject::new(identity)));
         Rc::new(SessionCtx {
             id,
-            agent_id,
+            agent_id: identity.agent_id.clone(),
             peer,
             accepted,
             heartbeat: RefCell::new(Heartbeat::new(now, limits.heartbeat_ms, true)),
@@ -170,7 +181,8 @@ impl SessionCtx {
             out_notify: Notify::new(),
             ended: Cell::new(None),
             ended_notify: Notify::new(),
-            token_exp,
+            token_exp: identity.exp,
+            subject,
         })
     }
 

@@ -70,6 +70,9 @@ pub(crate) async fn serve(shard: Rc<ShardCtx>, mut stream: TcpStream, peer: Sock
     match result {
         Ok(Ok((session, decoder, leftover))) => {
             shard.add_session(session.clone());
+            if let (Some(pdp), Some(subject)) = (&shared.pdp, &session.subject) {
+                pdp.prewarm(subject, &session.accepted, peer);
+            }
             shared.metrics.session_opened(&session.agent_id);
             tracing::info!(session = %session.id, agent = %session.agent_id, %peer,
                 accepted = ?session.accepted, "agent session established");
@@ -320,15 +323,7 @@ async fn establish(
             max_streams: limits.max_streams_per_session,
         },
     );
-    let session = SessionCtx::new(
-        shard.clone(),
-        session_id,
-        identity.agent_id.clone(),
-        peer,
-        accepted,
-        core,
-        identity.exp,
-    );
+    let session = SessionCtx::new(shard.clone(), session_id, &identity, peer, accepted, core);
     session.send_text(&welcome.to_json());
     Ok((session, decoder, pending))
 }

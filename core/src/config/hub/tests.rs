@@ -770,11 +770,22 @@ fn pdp_rules() {
         (pdp.timeout_ms, pdp.cache_ttl_ms, pdp.fail_open),
         (300, 5000, false)
     );
-    HubConfig::load(
-        &format!("{MINIMAL}pdp: {{ url: \"http://pdp/\", cache_ttl_ms: 0 }}\n"),
+    assert_eq!((pdp.dialect, pdp.token_file), (PdpDialect::AuthZen, None));
+    let c = HubConfig::load(
+        &format!(
+            "{MINIMAL}pdp: {{ url: \"http://pdp/\", cache_ttl_ms: 0, dialect: legacy, token_file: /run/pdp.token }}\n"
+        ),
         no_env,
     )
     .unwrap();
+    let pdp = c.pdp.unwrap();
+    assert_eq!(
+        (pdp.dialect, pdp.token_file.as_deref()),
+        (
+            PdpDialect::Legacy,
+            Some(std::path::Path::new("/run/pdp.token"))
+        )
+    );
     for (pdp, key) in [
         ("url: \"grpc://pdp/\"", "pdp.url"),
         ("url: \"http:///decide\"", "pdp.url"),
@@ -784,6 +795,8 @@ fn pdp_rules() {
             "url: \"http://pdp/\", cache_ttl_ms: 86400001",
             "pdp.cache_ttl_ms",
         ),
+        ("url: \"http://pdp/\", dialect: opa", "pdp.dialect"),
+        ("url: \"http://pdp/\", token_file: \"\"", "pdp.token_file"),
     ] {
         let err = load_err(&format!("pdp: {{ {pdp} }}\n"));
         assert_key(&err, key);
