@@ -465,6 +465,8 @@ pub struct HubConfig {
     pub tls_extra: String,
     /// More keys of `security` (YAML flow-mapping entries).
     pub security_extra: String,
+    /// More top-level sections (YAML lines), such as a `pdp:` section.
+    pub sections: String,
 }
 
 /// The I/O driver the hub runs with: `NOWCONNECT_TEST_DRIVER`, or `auto`.
@@ -487,6 +489,7 @@ impl HubConfig {
             tls: None,
             tls_extra: String::new(),
             security_extra: String::new(),
+            sections: String::new(),
         }
     }
 
@@ -524,6 +527,7 @@ impl HubConfig {
         ));
         out.push_str(&format!("limits: {{ {} }}\n", self.limits));
         out.push_str("logging: { format: json, level: debug }\n");
+        out.push_str(&self.sections);
         out
     }
 }
@@ -815,6 +819,21 @@ pub fn system_program(name: &str) -> PathBuf {
         "`{name}` is not installed. These tests run it as a real peer; run scripts/test.sh, \
          which installs it (Debian: apt-get install with the packages listed in its need_apt)."
     );
+}
+
+/// A file of the Node packages in `tests/node` (`rel` below its `node_modules`); panics with
+/// how to install them when missing.
+pub fn node_package_file(rel: &str) -> PathBuf {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("node/node_modules")
+        .join(rel);
+    assert!(
+        path.exists(),
+        "{} is missing. These tests run real services from npm packages; run scripts/test.sh, \
+         which installs them (npm ci in tests/node).",
+        path.display()
+    );
+    path
 }
 
 /// A system program running with `args` and a clean environment plus `env`; its stderr is
