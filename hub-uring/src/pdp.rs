@@ -262,8 +262,11 @@ impl Pdp {
             }
             Verdict::Failed(failure) => {
                 if matches!(failure, Failure::Overload) {
-                    // The worker never saw it: count it here (it counts the others).
+                    // The worker never saw it: count and log it here (it does the others).
                     self.metrics.pdp_error(failure.kind());
+                    tracing::warn!(agent = %subject.subject.agent_id, connector = %connector,
+                        %client, kind = failure.kind(), error = %failure,
+                        fail_open = self.fail_open, "the PDP gave no decision");
                 }
                 if self.fail_open {
                     self.metrics.pdp_decision("allow", "fail_open");
@@ -551,6 +554,7 @@ impl Worker {
                     &request_id,
                     &subject.subject.agent_id,
                     &[connector],
+                    Some(client),
                 );
                 Verdict::Failed(failure)
             }
@@ -582,7 +586,13 @@ impl Worker {
                         }
                     }
                     Err(failure) => {
-                        self.failed(&failure, &request_id, &subject.subject.agent_id, connectors);
+                        self.failed(
+                            &failure,
+                            &request_id,
+                            &subject.subject.agent_id,
+                            connectors,
+                            None,
+                        );
                     }
                 }
             }
@@ -610,6 +620,7 @@ impl Worker {
                                 &request_id,
                                 &subject.subject.agent_id,
                                 &[*connector],
+                                None,
                             );
                         }
                     }
@@ -642,10 +653,13 @@ impl Worker {
         request_id: &str,
         agent: &str,
         connectors: &[ConnectorName],
+        client: Option<IpAddr>,
     ) {
         self.pdp.metrics.pdp_error(failure.kind());
-        tracing::warn!(agent, connectors = ?connectors, request_id, kind = failure.kind(),
-            error = %failure, fail_open = self.pdp.fail_open, "the PDP gave no decision");
+        // A batch asked on connect has no client.
+        tracing::warn!(agent, connectors = ?connectors, client = ?client, request_id,
+            kind = failure.kind(), error = %failure, fail_open = self.pdp.fail_open,
+            "the PDP gave no decision");
     }
 
     /// POSTs `body` and reads a 200 answer of at most [`authz::MAX_ANSWER_BYTES`], all before

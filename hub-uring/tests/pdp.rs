@@ -292,6 +292,13 @@ fn each_stream_is_decided_by_the_pdp_with_the_authzen_request() {
         asked[0].headers["x-request-id"],
         asked[1].headers["x-request-id"]
     );
+    // The denial is logged with the id the PDP saw, to match the two logs.
+    let line = site.hub.wait_log("the PDP denied a stream", WAIT);
+    let web = asked.iter().find(|a| a.connector() == "web").unwrap();
+    assert_eq!(line["request_id"], web.headers["x-request-id"].as_str());
+    assert_eq!(line["connector"], "web");
+    assert_eq!(line["agent"], AGENT);
+    assert_eq!(line["client"], "127.0.0.1");
 }
 
 #[test]

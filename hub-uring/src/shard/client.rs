@@ -76,11 +76,8 @@ pub(crate) async fn serve(
     if let (Some(pdp), Some(subject)) = (&shard.shared.pdp, &session.subject) {
         match pdp.decide(subject, info.connector, ip).await {
             Decision::Allow => {}
-            refused => {
-                tracing::info!(connector = %info.connector, agent = %session.agent_id, %peer,
-                    decision = ?refused, "client refused by the policy decision point");
-                return reject(RejectReason::Denied);
-            }
+            // The PDP client logged why, with the request's id.
+            _ => return reject(RejectReason::Denied),
         }
         // The session may have ended while the PDP was asked.
         if !session.is_routable() {
