@@ -31,7 +31,8 @@ use serde_json::Value;
 /// machine may be small and shared. Nothing is asserted against it except that it happens.
 pub const WAIT: Duration = Duration::from_secs(15);
 
-/// The audience and issuer every test hub checks and every test token carries.
+/// The audience every test hub checks, and the issuer it checks unless it trusts another
+/// identity provider ([`HubConfig::issuer`]); the tokens of [`SigningKey`] carry both.
 pub const AUDIENCE: &str = "nowconnect";
 pub const ISSUER: &str = "https://idp.e2e.test/";
 
@@ -456,6 +457,11 @@ pub struct HubConfig {
     /// Connector name and listen address of each client listener, in order.
     pub listeners: Vec<(String, SocketAddr)>,
     pub jwks: PathBuf,
+    /// A `security.jwks_url` to use instead of `jwks` (a file), such as a real identity
+    /// provider's `http://127.0.0.1:…/jwks`.
+    pub jwks_url: Option<String>,
+    /// `security.issuer`: [`ISSUER`] unless a test trusts another identity provider.
+    pub issuer: String,
     /// The body of the `limits` mapping, such as `heartbeat_ms: 500`.
     pub limits: String,
     /// The certificate chain and key files (PEM) when the hub terminates TLS on its tunnel
@@ -485,6 +491,8 @@ impl HubConfig {
             admin: any,
             listeners: connectors.iter().map(|c| ((*c).to_owned(), any)).collect(),
             jwks: jwks.to_owned(),
+            jwks_url: None,
+            issuer: ISSUER.to_owned(),
             limits: String::new(),
             tls: None,
             tls_extra: String::new(),
@@ -519,10 +527,18 @@ impl HubConfig {
                 "  - {{ connector: {connector}, listen: \"{listen}\" }}\n"
             ));
         }
+        let jwks_url = match &self.jwks_url {
+            Some(url) => url.clone(),
+            None => format!("file://{}", self.jwks.display()),
+        };
         out.push_str(&format!(
-            "security: {{ jwks_url: \"file://{}\", audience: {AUDIENCE}, issuer: \"{ISSUER}\"{}{} }}\n",
-            self.jwks.display(),
-            if self.security_extra.is_empty() { "" } else { ", " },
+            "security: {{ jwks_url: \"{jwks_url}\", audience: {AUDIENCE}, issuer: \"{}\"{}{} }}\n",
+            self.issuer,
+            if self.security_extra.is_empty() {
+                ""
+            } else {
+                ", "
+            },
             self.security_extra,
         ));
         out.push_str(&format!("limits: {{ {} }}\n", self.limits));
