@@ -301,8 +301,16 @@ fn connector_scopes_decide_which_connectors_an_agent_serves() {
         .iter()
         .map(|r| (r.connector.as_str(), r.reason.as_str()))
         .collect();
-    assert_eq!(refused, [("pg", "scope"), ("web", "scope")]);
-    assert_eq!(auth_failures(&hub, "connector_scope"), 2.0);
+    assert_eq!(
+        refused,
+        [("pg", "scope"), ("web", "scope")],
+        "connector without scope: WELCOME lists it as refused"
+    );
+    assert_eq!(
+        auth_failures(&hub, "connector_scope"),
+        2.0,
+        "connector without scope: each refusal counted as connector_scope"
+    );
 
     // A client of a refused connector is reset at once: no agent serves it.
     let mut client = TcpStream::connect(hub.addrs.listeners[1]).unwrap();

@@ -110,6 +110,37 @@ fn auth_failures(site: &Site, reason: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
+/// Starts an agent with `start` and checks that the hub refuses it: a refusal logged from
+/// now on with the metric reason `reason` and a detail holding `detail`, counted in
+/// `nowconnect_auth_failures_total`, and no session for the agent. `case` names the case in
+/// every failure message. Returns the agent, still running.
+fn refused_agent(
+    site: &Site,
+    case: &str,
+    reason: &str,
+    detail: &str,
+    start: impl FnOnce() -> Agent,
+) -> Agent {
+    let from = site.hub.proc.log_len();
+    let before = auth_failures(site, reason);
+    let agent = start();
+    let logged = site.hub.proc.wait_log(from, WAIT, |l| {
+        log_message(l) == Some("agent refused: authentication failed")
+            && log_field(l, "reason").and_then(serde_json::Value::as_str) == Some(reason)
+            && log_field(l, "detail")
+                .and_then(serde_json::Value::as_str)
+                .is_some_and(|d| d.contains(detail))
+    });
+    assert!(
+        logged.is_some(),
+        "{case}: no refusal logged as {reason} with {detail:?}"
+    );
+    let counted = poll_until(WAIT, || auth_failures(site, reason) > before);
+    assert!(counted, "{case}: the refusal is not counted as {reason}");
+    assert_eq!(agent.sessions_established(), 0, "{case}: a session");
+    agent
+}
+
 #[test]
 fn a_hub_requiring_certificates_serves_an_agent_with_one_from_its_ca() {
     let (site, pki) = site(
@@ -200,27 +231,33 @@ fn a_certificate_bound_token_works_only_with_its_certificate() {
     assert_eq!(sha256(&back), sha256(&data));
     drop(good);
 
-    // The same token with another certificate, and without any: refused.
-    let other = tls_agent(&site, &pki, Some((&cert_b, &key_b)), Some(&bound));
-    let none = tls_agent(&site, &pki, None, Some(&bound));
-    // An unbound token with a certificate: refused, since bound tokens are required.
-    let unbound = tls_agent(&site, &pki, Some((&cert_a, &key_a)), None);
-    let counted = poll_until(WAIT, || {
-        auth_failures(&site, "cert_binding") >= 2.0 && auth_failures(&site, "unbound_token") >= 1.0
-    });
-    assert!(
-        counted,
-        "cert_binding {} unbound_token {}",
-        auth_failures(&site, "cert_binding"),
-        auth_failures(&site, "unbound_token")
+    // The same token with another certificate, and without any: refused. One agent at a
+    // time, so that each refusal is the one of its case.
+    let other = refused_agent(
+        &site,
+        "bound token with another certificate",
+        "cert_binding",
+        "another client certificate",
+        || tls_agent(&site, &pki, Some((&cert_b, &key_b)), Some(&bound)),
     );
-    for refused in [&other, &none, &unbound] {
-        assert_eq!(
-            refused.sessions_established(),
-            0,
-            "a refused agent got a session"
-        );
-    }
+    drop(other);
+    let none = refused_agent(
+        &site,
+        "bound token without a certificate",
+        "cert_binding",
+        "none was presented",
+        || tls_agent(&site, &pki, None, Some(&bound)),
+    );
+    drop(none);
+    // An unbound token with a certificate: refused, since bound tokens are required.
+    let unbound = refused_agent(
+        &site,
+        "unbound token while bound ones are required",
+        "unbound_token",
+        "not bound to a client certificate",
+        || tls_agent(&site, &pki, Some((&cert_a, &key_a)), None),
+    );
+    drop(unbound);
 }
 
 #[test]
@@ -238,8 +275,12 @@ fn a_certificate_bound_token_is_refused_on_a_plain_tunnel() {
             )
             .as_bytes(),
     );
-    let agent = site.agent(&site.hub.url(), &[("echo", echo_target())], &[]);
-    let counted = poll_until(WAIT, || auth_failures(&site, "cert_binding") >= 1.0);
-    assert!(counted, "the bound token without a certificate is counted");
-    assert_eq!(agent.sessions_established(), 0);
+    let agent = refused_agent(
+        &site,
+        "bound token sent to a plain listener",
+        "cert_binding",
+        "none was presented",
+        || site.agent(&site.hub.url(), &[("echo", echo_target())], &[]),
+    );
+    drop(agent);
 }

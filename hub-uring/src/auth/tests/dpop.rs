@@ -130,6 +130,29 @@ async fn refused(auth: &Authenticator, token: &str, proof: &str) -> (&'static st
     (refusal.reason(), refusal.www_authenticate())
 }
 
+/// Asserts that `DPoP <token>` with `proof` is refused with the metric reason and challenge
+/// `expected`; every failure message starts with `case`, the name of the case in the
+/// negative suite.
+async fn assert_refused(
+    auth: &Authenticator,
+    case: &str,
+    token: &str,
+    proof: &str,
+    expected: (&str, &str),
+) {
+    match dpop(auth, token, proof).await {
+        Ok(_) => panic!("{case}: accepted"),
+        Err(refusal) => {
+            assert_no_credentials(&refusal, &[token, proof]);
+            assert_eq!(
+                (refusal.reason(), refusal.www_authenticate()),
+                expected,
+                "{case}: refused as {refusal}"
+            );
+        }
+    }
+}
+
 fn assert_no_credentials(refusal: &Refusal, credentials: &[&str]) {
     for shown in [refusal.to_string(), format!("{refusal:?}")] {
         for credential in credentials {
@@ -179,14 +202,16 @@ async fn wrong_htm_is_refused() {
     let setup = Setup::new();
     let key = TestKey::ec("agent");
     let token = setup.bound_token(&key, "t1");
-    for htm in [json!("POST"), json!("get"), json!(1), Value::Null] {
-        let claims = proof_claims_with(&token, "htm", htm.clone());
+    for (case, htm) in [
+        ("htm POST", json!("POST")),
+        ("htm get in lower case", json!("get")),
+        ("htm not a string", json!(1)),
+        ("missing htm", Value::Null),
+    ] {
+        let claims = proof_claims_with(&token, "htm", htm);
         let proof = key.sign_json(&proof_header(&key), &claims);
-        assert_eq!(
-            refused(&setup.auth, &token, &proof).await,
-            ("dpop_htm", PROOF_INVALID),
-            "{htm}"
-        );
+        let expected = ("dpop_htm", PROOF_INVALID);
+        assert_refused(&setup.auth, case, &token, &proof, expected).await;
     }
 }
 
@@ -195,28 +220,48 @@ async fn htu_naming_another_path_or_host_is_refused() {
     let setup = Setup::new();
     let key = TestKey::ec("agent");
     let token = setup.bound_token(&key, "t1");
-    for htu in [
-        "http://hub.test:8443/nowconnect/v1/other",
-        "http://hub.test:8443/",
-        "http://other.test:8443/nowconnect/v1/tunnel",
-        "http://hub.test:9443/nowconnect/v1/tunnel",
-        "http://hub.test/nowconnect/v1/tunnel",
-        "https://hub.test:8443/nowconnect/v1/tunnel",
-        "http://user@hub.test:8443/nowconnect/v1/tunnel",
-        "ftp://hub.test:8443/nowconnect/v1/tunnel",
-        "/nowconnect/v1/tunnel",
+    for (case, htu) in [
+        (
+            "htu with another path",
+            json!("http://hub.test:8443/nowconnect/v1/other"),
+        ),
+        ("htu with the root path", json!("http://hub.test:8443/")),
+        (
+            "htu with another host",
+            json!("http://other.test:8443/nowconnect/v1/tunnel"),
+        ),
+        (
+            "htu with another port",
+            json!("http://hub.test:9443/nowconnect/v1/tunnel"),
+        ),
+        (
+            "htu without the port",
+            json!("http://hub.test/nowconnect/v1/tunnel"),
+        ),
+        (
+            "htu with https for a plain tunnel",
+            json!("https://hub.test:8443/nowconnect/v1/tunnel"),
+        ),
+        (
+            "htu with user information",
+            json!("http://user@hub.test:8443/nowconnect/v1/tunnel"),
+        ),
+        (
+            "htu with an ftp scheme",
+            json!("ftp://hub.test:8443/nowconnect/v1/tunnel"),
+        ),
+        (
+            "htu without scheme and host",
+            json!("/nowconnect/v1/tunnel"),
+        ),
+        ("htu not a string", json!(8443)),
+        ("missing htu", Value::Null),
     ] {
-        let claims = proof_claims_with(&token, "htu", json!(htu));
+        let claims = proof_claims_with(&token, "htu", htu);
         let proof = key.sign_json(&proof_header(&key), &claims);
-        assert_eq!(
-            refused(&setup.auth, &token, &proof).await,
-            ("dpop_htu", PROOF_INVALID),
-            "{htu}"
-        );
+        let expected = ("dpop_htu", PROOF_INVALID);
+        assert_refused(&setup.auth, case, &token, &proof, expected).await;
     }
-    let missing = proof_claims_with(&token, "htu", Value::Null);
-    let proof = key.sign_json(&proof_header(&key), &missing);
-    assert_eq!(refused(&setup.auth, &token, &proof).await.0, "dpop_htu");
 }
 
 #[tokio::test]
@@ -287,19 +332,22 @@ async fn missing_or_wrong_ath_is_refused() {
     let setup = Setup::new();
     let key = TestKey::ec("agent");
     let token = setup.bound_token(&key, "t1");
-    for ath in [
-        Value::Null,
-        json!(access_token_hash("another token")),
-        json!(b64(token.as_bytes())),
-        json!(42),
+    for (case, ath) in [
+        ("missing ath", Value::Null),
+        (
+            "ath of another token",
+            json!(access_token_hash("another token")),
+        ),
+        (
+            "ath encoding the token unhashed",
+            json!(b64(token.as_bytes())),
+        ),
+        ("ath not a string", json!(42)),
     ] {
-        let claims = proof_claims_with(&token, "ath", ath.clone());
+        let claims = proof_claims_with(&token, "ath", ath);
         let proof = key.sign_json(&proof_header(&key), &claims);
-        assert_eq!(
-            refused(&setup.auth, &token, &proof).await,
-            ("dpop_ath", PROOF_INVALID),
-            "{ath}"
-        );
+        let expected = ("dpop_ath", PROOF_INVALID);
+        assert_refused(&setup.auth, case, &token, &proof, expected).await;
     }
 }
 
@@ -310,20 +358,17 @@ async fn iat_outside_the_window_is_refused() {
     let token = setup.bound_token(&key, "t1");
     let stale = NOW - PROOF_MAX_AGE_SECS - 1;
     let future = NOW + PROOF_MAX_AHEAD_SECS + 1;
-    for iat in [
-        json!(stale),
-        json!(future),
-        json!("now"),
-        json!(-1),
-        Value::Null,
+    for (case, iat) in [
+        ("stale iat", json!(stale)),
+        ("future iat", json!(future)),
+        ("iat a string", json!("now")),
+        ("negative iat", json!(-1)),
+        ("missing iat", Value::Null),
     ] {
-        let claims = proof_claims_with(&token, "iat", iat.clone());
+        let claims = proof_claims_with(&token, "iat", iat);
         let proof = key.sign_json(&proof_header(&key), &claims);
-        assert_eq!(
-            refused(&setup.auth, &token, &proof).await,
-            ("dpop_iat", PROOF_INVALID),
-            "{iat}"
-        );
+        let expected = ("dpop_iat", PROOF_INVALID);
+        assert_refused(&setup.auth, case, &token, &proof, expected).await;
     }
     for (n, iat) in [NOW - PROOF_MAX_AGE_SECS, NOW + PROOF_MAX_AHEAD_SECS]
         .into_iter()
@@ -341,19 +386,21 @@ async fn wrong_typ_is_refused() {
     let setup = Setup::new();
     let key = TestKey::ec("agent");
     let token = setup.bound_token(&key, "t1");
-    for typ in [json!("JWT"), json!("at+jwt"), json!(1), Value::Null] {
+    for (case, typ) in [
+        ("proof typ JWT", json!("JWT")),
+        ("proof typ at+jwt", json!("at+jwt")),
+        ("proof typ not a string", json!(1)),
+        ("missing proof typ", Value::Null),
+    ] {
         let mut header = proof_header(&key);
         if typ.is_null() {
             header.as_object_mut().unwrap().remove("typ");
         } else {
-            header["typ"] = typ.clone();
+            header["typ"] = typ;
         }
         let proof = key.sign_json(&header, &proof_claims(&token, "typ"));
-        assert_eq!(
-            refused(&setup.auth, &token, &proof).await,
-            ("dpop_typ", PROOF_INVALID),
-            "{typ}"
-        );
+        let expected = ("dpop_typ", PROOF_INVALID);
+        assert_refused(&setup.auth, case, &token, &proof, expected).await;
     }
     // Media types compare case-insensitively.
     let mut header = proof_header(&key);
@@ -367,14 +414,16 @@ async fn missing_or_oversized_jti_is_refused() {
     let setup = Setup::new();
     let key = TestKey::ec("agent");
     let token = setup.bound_token(&key, "t1");
-    for jti in [Value::Null, json!(""), json!("j".repeat(129)), json!(7)] {
-        let claims = proof_claims_with(&token, "jti", jti.clone());
+    for (case, jti) in [
+        ("missing jti", Value::Null),
+        ("empty jti", json!("")),
+        ("jti of 129 characters", json!("j".repeat(129))),
+        ("jti a number", json!(7)),
+    ] {
+        let claims = proof_claims_with(&token, "jti", jti);
         let proof = key.sign_json(&proof_header(&key), &claims);
-        assert_eq!(
-            refused(&setup.auth, &token, &proof).await,
-            ("dpop_jti", PROOF_INVALID),
-            "{jti}"
-        );
+        let expected = ("dpop_jti", PROOF_INVALID);
+        assert_refused(&setup.auth, case, &token, &proof, expected).await;
     }
     let longest = proof_claims_with(&token, "jti", json!("j".repeat(128)));
     let proof = key.sign_json(&proof_header(&key), &longest);
@@ -386,34 +435,34 @@ async fn a_private_key_in_the_jwk_is_refused() {
     let setup = Setup::new();
     let key = TestKey::ec("agent");
     let token = setup.bound_token(&key, "t1");
-    for member in ["d", "p", "q", "dp", "dq", "qi", "k"] {
+    let expected = ("dpop_key", PROOF_INVALID);
+    for member in ["d", "p", "q", "dp", "dq", "qi", "oth", "k"] {
         let mut header = proof_header(&key);
         header["jwk"][member] = json!(b64(b"private key material"));
         let proof = key.sign_json(&header, &proof_claims(&token, member));
-        assert_eq!(
-            refused(&setup.auth, &token, &proof).await,
-            ("dpop_key", PROOF_INVALID),
-            "{member}"
-        );
+        let case = format!("private key member {member} in the jwk");
+        assert_refused(&setup.auth, &case, &token, &proof, expected).await;
     }
-    for jwk in [
-        json!({ "kty": "oct", "k": b64(b"a shared secret") }),
-        json!("not an object"),
-        json!({ "kty": "EC", "crv": "P-256", "x": "AAAA", "y": "AAAA" }),
+    for (case, jwk) in [
+        (
+            "symmetric (oct) jwk",
+            json!({ "kty": "oct", "k": b64(b"a shared secret") }),
+        ),
+        ("jwk not an object", json!("not an object")),
+        (
+            "jwk not a point of P-256",
+            json!({ "kty": "EC", "crv": "P-256", "x": "AAAA", "y": "AAAA" }),
+        ),
     ] {
         let mut header = proof_header(&key);
-        header["jwk"] = jwk.clone();
+        header["jwk"] = jwk;
         let proof = key.sign_json(&header, &proof_claims(&token, "jwk"));
-        assert_eq!(
-            refused(&setup.auth, &token, &proof).await.0,
-            "dpop_key",
-            "{jwk}"
-        );
+        assert_refused(&setup.auth, case, &token, &proof, expected).await;
     }
     let mut header = proof_header(&key);
     header.as_object_mut().unwrap().remove("jwk");
     let proof = key.sign_json(&header, &proof_claims(&token, "no-jwk"));
-    assert_eq!(refused(&setup.auth, &token, &proof).await.0, "dpop_key");
+    assert_refused(&setup.auth, "missing jwk", &token, &proof, expected).await;
 }
 
 #[tokio::test]
@@ -438,10 +487,8 @@ async fn hmac_and_none_proofs_are_refused() {
     )
     .unwrap();
     let hmac = format!("{input}.{signature}");
-    assert_eq!(
-        refused(&setup.auth, &token, &hmac).await,
-        ("dpop_alg", PROOF_INVALID)
-    );
+    let alg = ("dpop_alg", PROOF_INVALID);
+    assert_refused(&setup.auth, "HMAC proof", &token, &hmac, alg).await;
 
     let mut none = proof_header(&key);
     none["alg"] = json!("none");
@@ -450,21 +497,19 @@ async fn hmac_and_none_proofs_are_refused() {
         b64(none.to_string().as_bytes()),
         b64(proof_claims(&token, "none").to_string().as_bytes())
     );
-    assert_eq!(
-        refused(&setup.auth, &token, &unsigned).await.0,
-        "dpop_malformed"
-    );
+    let case = "alg none proof without a signature";
+    let malformed = ("dpop_malformed", PROOF_INVALID);
+    assert_refused(&setup.auth, case, &token, &unsigned, malformed).await;
     let with_signature = format!("{unsigned}c2ln");
-    assert_eq!(
-        refused(&setup.auth, &token, &with_signature).await.0,
-        "dpop_alg"
-    );
+    let case = "alg none proof with a signature";
+    assert_refused(&setup.auth, case, &token, &with_signature, alg).await;
 
     // An algorithm of the allow-list that the jwk's key type cannot use.
     let mut mismatched = proof_header(&key);
     mismatched["alg"] = json!("EdDSA");
     let proof = key.sign_json(&mismatched, &proof_claims(&token, "mismatch"));
-    assert_eq!(refused(&setup.auth, &token, &proof).await.0, "dpop_alg");
+    let case = "proof alg EdDSA with an EC jwk";
+    assert_refused(&setup.auth, case, &token, &proof, alg).await;
 }
 
 #[tokio::test]
@@ -475,10 +520,9 @@ async fn a_proof_signed_by_another_key_than_its_jwk_is_refused() {
     let token = setup.bound_token(&key, "t1");
     // The header names the bound key, the signature is the thief's.
     let proof = thief.sign_json(&proof_header(&key), &proof_claims(&token, "forged"));
-    assert_eq!(
-        refused(&setup.auth, &token, &proof).await,
-        ("dpop_signature", PROOF_INVALID)
-    );
+    let expected = ("dpop_signature", PROOF_INVALID);
+    let case = "proof signed by another key than its jwk";
+    assert_refused(&setup.auth, case, &token, &proof, expected).await;
     // A proof whose claims were changed after signing.
     let good = proof_claims(&token, "tampered");
     let signed = key.sign_json(&proof_header(&key), &good);
@@ -487,10 +531,8 @@ async fn a_proof_signed_by_another_key_than_its_jwk_is_refused() {
     changed["iat"] = json!(NOW + 1);
     parts[1] = b64(changed.to_string().as_bytes());
     let tampered = parts.join(".");
-    assert_eq!(
-        refused(&setup.auth, &token, &tampered).await.0,
-        "dpop_signature"
-    );
+    let case = "proof claims changed after signing";
+    assert_refused(&setup.auth, case, &token, &tampered, expected).await;
 }
 
 #[tokio::test]
@@ -499,10 +541,16 @@ async fn a_token_bound_to_another_key_is_refused() {
     let key = TestKey::ec("agent");
     let other = TestKey::ed25519("other");
     let token = setup.bound_token(&other, "t1");
-    assert_eq!(
-        refused(&setup.auth, &token, &proof(&key, &token, "jkt")).await,
-        ("dpop_jkt", PROOF_INVALID)
-    );
+    let proof = proof(&key, &token, "jkt");
+    let case = "proof key thumbprint not the token's cnf.jkt";
+    assert_refused(
+        &setup.auth,
+        case,
+        &token,
+        &proof,
+        ("dpop_jkt", PROOF_INVALID),
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -512,10 +560,8 @@ async fn a_replayed_proof_is_refused() {
     let token = setup.bound_token(&key, "t1");
     let proof = proof(&key, &token, "once");
     dpop(&setup.auth, &token, &proof).await.unwrap();
-    assert_eq!(
-        refused(&setup.auth, &token, &proof).await,
-        ("dpop_replay", PROOF_INVALID)
-    );
+    let expected = ("dpop_replay", PROOF_INVALID);
+    assert_refused(&setup.auth, "replayed proof", &token, &proof, expected).await;
     // The same jti under another key is another proof.
     let other = TestKey::ec("other");
     let other_token = setup.bound_token(&other, "t2");
@@ -543,10 +589,15 @@ async fn a_proof_reused_with_another_token_is_refused() {
     let second = setup.bound_token(&key, "t2");
     assert_ne!(first, second);
     let proof = proof(&key, &first, "reuse");
-    assert_eq!(
-        refused(&setup.auth, &second, &proof).await,
-        ("dpop_ath", PROOF_INVALID)
-    );
+    let case = "proof reused with another token";
+    assert_refused(
+        &setup.auth,
+        case,
+        &second,
+        &proof,
+        ("dpop_ath", PROOF_INVALID),
+    )
+    .await;
     // Refusing it did not spend it.
     dpop(&setup.auth, &first, &proof).await.unwrap();
 }
@@ -557,15 +608,22 @@ async fn a_dpop_bound_token_sent_as_bearer_is_refused() {
     let key = TestKey::ec("agent");
     let token = setup.bound_token(&key, "t1");
     let proof = proof(&key, &token, "bearer");
-    for proofs in [&[][..], &[proof.as_str()][..]] {
-        let refusal = attempt(&setup.auth, &format!("Bearer {token}"), proofs)
-            .await
-            .unwrap_err();
-        assert_eq!(refusal.reason(), "dpop_binding");
-        assert_eq!(refusal.scheme, Scheme::Bearer);
+    for (case, proofs) in [
+        ("DPoP-bound token as Bearer", &[][..]),
+        (
+            "DPoP-bound token as Bearer with its proof",
+            &[proof.as_str()][..],
+        ),
+    ] {
+        let Err(refusal) = attempt(&setup.auth, &format!("Bearer {token}"), proofs).await else {
+            panic!("{case}: accepted");
+        };
+        assert_eq!(refusal.reason(), "dpop_binding", "{case}: {refusal}");
+        assert_eq!(refusal.scheme, Scheme::Bearer, "{case}");
         assert_eq!(
             refusal.www_authenticate(),
-            r#"Bearer error="invalid_token""#
+            r#"Bearer error="invalid_token""#,
+            "{case}"
         );
     }
 }
@@ -578,12 +636,15 @@ async fn the_dpop_scheme_needs_exactly_one_dpop_header() {
     let first = proof(&key, &token, "first");
     let second = proof(&key, &token, "second");
     let authorization = format!("DPoP {token}");
-    for proofs in [&[][..], &[first.as_str(), second.as_str()][..]] {
-        let refusal = attempt(&setup.auth, &authorization, proofs)
-            .await
-            .unwrap_err();
-        assert_eq!(refusal.reason(), "dpop_headers", "{} headers", proofs.len());
-        assert_eq!(refusal.www_authenticate(), PROOF_INVALID);
+    for (case, proofs) in [
+        ("DPoP scheme without a DPoP header", &[][..]),
+        ("two DPoP headers", &[first.as_str(), second.as_str()][..]),
+    ] {
+        let Err(refusal) = attempt(&setup.auth, &authorization, proofs).await else {
+            panic!("{case}: accepted");
+        };
+        assert_eq!(refusal.reason(), "dpop_headers", "{case}: {refusal}");
+        assert_eq!(refusal.www_authenticate(), PROOF_INVALID, "{case}");
     }
     // Neither proof was spent.
     dpop(&setup.auth, &token, &first).await.unwrap();

@@ -1,15 +1,17 @@
 //! Token validation: every refusal asserted by its metric reason.
 
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use nowconnect_core::config::TunnelConfig;
 use serde_json::{Value, json};
 
 use super::support::{
-    AUDIENCE, ISSUER, NOW, TestKey, authenticator, b64, claims, claims_with, jwks, refused,
-    security, store_without_refresher, verify,
+    AUDIENCE, ISSUER, NOW, TestKey, assert_refused, authenticator, b64, claims, claims_with, jwks,
+    refused, security, store_without_refresher, verify,
 };
 use crate::auth::{
-    AuthFailure, Authenticator, Binding, BindingFailure, LEEWAY_SECS, MAX_TOKEN_BYTES,
+    AuthFailure, Authenticator, Binding, BindingFailure, Credentials, LEEWAY_SECS, MAX_TOKEN_BYTES,
     certificate_thumbprint,
 };
 
@@ -67,7 +69,7 @@ async fn expired_token_is_refused_beyond_the_leeway() {
     let key = TestKey::ec("k1");
     let auth = authenticator(&[&key]);
     let late = claims_with("exp", json!(NOW - LEEWAY_SECS));
-    assert_eq!(refused(&auth, &key.sign(&late)).await, "expired");
+    assert_refused(&auth, "expired token", &key.sign(&late), "expired").await;
     let within_leeway = claims_with("exp", json!(NOW - LEEWAY_SECS + 1));
     verify(&auth, &key.sign(&within_leeway)).await.unwrap();
     let fractional = claims_with("exp", json!((NOW + 100) as f64 + 0.5));
@@ -81,12 +83,14 @@ async fn expired_token_is_refused_beyond_the_leeway() {
 async fn missing_or_malformed_exp_is_refused() {
     let key = TestKey::ec("k1");
     let auth = authenticator(&[&key]);
-    let missing = claims_with("exp", Value::Null);
-    assert_eq!(refused(&auth, &key.sign(&missing)).await, "claims");
-    let text = claims_with("exp", json!("1800000600"));
-    assert_eq!(refused(&auth, &key.sign(&text)).await, "claims");
-    let negative = claims_with("exp", json!(-5));
-    assert_eq!(refused(&auth, &key.sign(&negative)).await, "claims");
+    for (case, exp) in [
+        ("missing exp", Value::Null),
+        ("exp as a string", json!("1800000600")),
+        ("negative exp", json!(-5)),
+    ] {
+        let token = key.sign(&claims_with("exp", exp));
+        assert_refused(&auth, case, &token, "claims").await;
+    }
 }
 
 #[tokio::test]
@@ -94,29 +98,31 @@ async fn nbf_in_the_future_is_refused() {
     let key = TestKey::ec("k1");
     let auth = authenticator(&[&key]);
     let future = claims_with("nbf", json!(NOW + LEEWAY_SECS + 1));
-    assert_eq!(refused(&auth, &key.sign(&future)).await, "not_yet_valid");
+    let token = key.sign(&future);
+    assert_refused(&auth, "nbf in the future", &token, "not_yet_valid").await;
     let within_leeway = claims_with("nbf", json!(NOW + LEEWAY_SECS));
     verify(&auth, &key.sign(&within_leeway)).await.unwrap();
     let no_nbf = claims_with("nbf", Value::Null);
     verify(&auth, &key.sign(&no_nbf)).await.unwrap();
     let bad = claims_with("nbf", json!(true));
-    assert_eq!(refused(&auth, &key.sign(&bad)).await, "claims");
+    assert_refused(&auth, "nbf not a number", &key.sign(&bad), "claims").await;
 }
 
 #[tokio::test]
 async fn audience_must_include_ours() {
     let key = TestKey::ec("k1");
     let auth = authenticator(&[&key]);
-    let wrong = claims_with("aud", json!("other-api"));
-    assert_eq!(refused(&auth, &key.sign(&wrong)).await, "audience");
     let among = claims_with("aud", json!(["other-api", AUDIENCE]));
     verify(&auth, &key.sign(&among)).await.unwrap();
-    let without = claims_with("aud", json!(["other-api", "third"]));
-    assert_eq!(refused(&auth, &key.sign(&without)).await, "audience");
-    let missing = claims_with("aud", Value::Null);
-    assert_eq!(refused(&auth, &key.sign(&missing)).await, "audience");
-    let number = claims_with("aud", json!(42));
-    assert_eq!(refused(&auth, &key.sign(&number)).await, "audience");
+    for (case, aud) in [
+        ("wrong aud", json!("other-api")),
+        ("aud array without ours", json!(["other-api", "third"])),
+        ("missing aud", Value::Null),
+        ("aud neither a string nor an array", json!(42)),
+    ] {
+        let token = key.sign(&claims_with("aud", aud));
+        assert_refused(&auth, case, &token, "audience").await;
+    }
 }
 
 #[tokio::test]
@@ -124,9 +130,15 @@ async fn issuer_is_checked_when_configured() {
     let key = TestKey::ec("k1");
     let auth = authenticator(&[&key]);
     let wrong = claims_with("iss", json!("https://evil.test/"));
-    assert_eq!(refused(&auth, &key.sign(&wrong)).await, "issuer");
-    let missing = claims_with("iss", Value::Null);
-    assert_eq!(refused(&auth, &key.sign(&missing)).await, "issuer");
+    assert_refused(&auth, "wrong iss", &key.sign(&wrong), "issuer").await;
+    for (case, iss) in [
+        ("missing iss", Value::Null),
+        ("iss without the trailing slash", json!("https://idp.test")),
+        ("iss not a string", json!(["https://idp.test/"])),
+    ] {
+        let token = key.sign(&claims_with("iss", iss));
+        assert_refused(&auth, case, &token, "issuer").await;
+    }
 
     let store = store_without_refresher(Some(&jwks(&[&key])));
     let any_issuer = Authenticator::new(
@@ -146,10 +158,8 @@ async fn unknown_kid_is_refused() {
     let known = TestKey::ec("k1");
     let stranger = TestKey::ec("k2");
     let auth = authenticator(&[&known]);
-    assert_eq!(
-        refused(&auth, &stranger.sign(&claims())).await,
-        "unknown_kid"
-    );
+    let token = stranger.sign(&claims());
+    assert_refused(&auth, "unknown kid", &token, "unknown_kid").await;
 }
 
 #[tokio::test]
@@ -157,7 +167,7 @@ async fn a_token_without_kid_is_refused_even_with_one_matching_key() {
     let ec = TestKey::ec("k1");
     let auth = authenticator(&[&ec]);
     let kidless = ec.sign_with(Algorithm::ES256, None, &claims());
-    assert_eq!(refused(&auth, &kidless).await, "missing_kid");
+    assert_refused(&auth, "missing kid", &kidless, "missing_kid").await;
 }
 
 #[tokio::test]
@@ -179,7 +189,8 @@ async fn only_access_token_types_are_accepted() {
         verify(&auth, &typed(ok)).await.unwrap();
     }
     for bad in ["dpop+jwt", "id_token+jwt", "logout+jwt", "JOSE"] {
-        assert_eq!(refused(&auth, &typed(Some(bad))).await, "typ", "{bad}");
+        let case = format!("wrong typ {bad}");
+        assert_refused(&auth, &case, &typed(Some(bad)), "typ").await;
     }
 
     let mut strict = security();
@@ -190,8 +201,11 @@ async fn only_access_token_types_are_accepted() {
         store_without_refresher(Some(&jwks(&[&key]))),
     );
     verify(&strict, &typed(Some("at+jwt"))).await.unwrap();
-    for bad in [None, Some("JWT")] {
-        assert_eq!(refused(&strict, &typed(bad)).await, "typ", "{bad:?}");
+    for (case, typ) in [
+        ("no typ under require_at_jwt_typ", None),
+        ("typ JWT under require_at_jwt_typ", Some("JWT")),
+    ] {
+        assert_refused(&strict, case, &typed(typ), "typ").await;
     }
 }
 
@@ -202,9 +216,9 @@ async fn a_token_issued_in_the_future_is_refused() {
     let soon = claims_with("iat", json!(NOW + LEEWAY_SECS));
     verify(&auth, &key.sign(&soon)).await.unwrap();
     let later = claims_with("iat", json!(NOW + LEEWAY_SECS + 1));
-    assert_eq!(refused(&auth, &key.sign(&later)).await, "iat");
+    assert_refused(&auth, "iat in the future", &key.sign(&later), "iat").await;
     let bad = claims_with("iat", json!("yesterday"));
-    assert_eq!(refused(&auth, &key.sign(&bad)).await, "claims");
+    assert_refused(&auth, "iat not a number", &key.sign(&bad), "claims").await;
 }
 
 #[tokio::test]
@@ -212,21 +226,22 @@ async fn alg_none_is_refused() {
     let key = TestKey::ec("k1");
     let auth = authenticator(&[&key]);
     let payload = b64(claims().to_string().as_bytes());
-    for header in [
-        r#"{"alg":"none","typ":"JWT","kid":"k1"}"#,
-        r#"{"alg":"None","kid":"k1"}"#,
-        r#"{"alg":"NONE","kid":"k1"}"#,
+    // Even with a signature part borrowed from a valid token.
+    let valid = key.sign(&claims());
+    let borrowed = valid.rsplit('.').next().unwrap();
+    for (alg, header) in [
+        ("none", r#"{"alg":"none","typ":"JWT","kid":"k1"}"#),
+        ("None", r#"{"alg":"None","kid":"k1"}"#),
+        ("NONE", r#"{"alg":"NONE","kid":"k1"}"#),
     ] {
-        let token = format!("{}.{payload}.", b64(header.as_bytes()));
-        assert_eq!(refused(&auth, &token).await, "algorithm");
-        // Even with a signature part borrowed from a valid token.
-        let valid = key.sign(&claims());
-        let signature = valid.rsplit('.').next().unwrap();
-        let token = format!("{}.{payload}.{signature}", b64(header.as_bytes()));
-        assert_eq!(refused(&auth, &token).await, "algorithm");
+        for (signature, what) in [("", "no signature"), (borrowed, "a borrowed signature")] {
+            let token = format!("{}.{payload}.{signature}", b64(header.as_bytes()));
+            let case = format!("alg {alg} with {what}");
+            assert_refused(&auth, &case, &token, "algorithm").await;
+        }
     }
     let missing_alg = format!("{}.{payload}.c2ln", b64(br#"{"kid":"k1"}"#));
-    assert_eq!(refused(&auth, &missing_alg).await, "malformed");
+    assert_refused(&auth, "missing alg", &missing_alg, "malformed").await;
 }
 
 #[tokio::test]
@@ -236,32 +251,58 @@ async fn keys_named_in_the_token_itself_are_never_used() {
     let auth = authenticator(&[&trusted]);
     // The attacker signs with its own key and points at it every way a header can: the hub
     // looks only in its JWKS, so the signature fails.
-    for header in [
-        json!({ "alg": "ES256", "kid": "k1", "jwk": attacker.jwk }),
-        json!({ "alg": "ES256", "kid": "k1", "jku": "https://attacker.test/jwks.json" }),
-        json!({ "alg": "ES256", "kid": "k1", "x5u": "https://attacker.test/cert.pem" }),
-        json!({ "alg": "ES256", "kid": "k1", "x5c": ["MIIB"] }),
+    for (case, header) in [
+        (
+            "jwk in the header",
+            json!({ "alg": "ES256", "kid": "k1", "jwk": attacker.jwk }),
+        ),
+        (
+            "jku in the header",
+            json!({ "alg": "ES256", "kid": "k1", "jku": "https://attacker.test/jwks.json" }),
+        ),
+        (
+            "x5u in the header",
+            json!({ "alg": "ES256", "kid": "k1", "x5u": "https://attacker.test/cert.pem" }),
+        ),
+        (
+            "x5c in the header",
+            json!({ "alg": "ES256", "kid": "k1", "x5c": ["MIIB"] }),
+        ),
     ] {
         let token = attacker.sign_json(&header, &claims());
-        assert_eq!(refused(&auth, &token).await, "signature", "{header}");
+        assert_refused(&auth, case, &token, "signature").await;
     }
     // A kid the JWKS does not have, with the key embedded: unknown, not trusted.
     let header = json!({ "alg": "ES256", "kid": "elsewhere", "jwk": attacker.jwk });
     let token = attacker.sign_json(&header, &claims());
-    assert_eq!(refused(&auth, &token).await, "unknown_kid");
+    let case = "jwk in the header with a kid the JWKS lacks";
+    assert_refused(&auth, case, &token, "unknown_kid").await;
 }
 
 #[tokio::test]
 async fn hs256_signed_with_the_rsa_public_key_is_refused() {
     let rsa = TestKey::rsa("r1");
     let auth = authenticator(&[&rsa]);
+    let body = STANDARD.encode(&rsa.public_der);
+    let mut pem = String::from("-----BEGIN PUBLIC KEY-----\n");
+    for line in body.as_bytes().chunks(64) {
+        pem.push_str(std::str::from_utf8(line).unwrap());
+        pem.push('\n');
+    }
+    pem.push_str("-----END PUBLIC KEY-----\n");
     let n = rsa.jwk["n"].as_str().unwrap().to_owned();
-    for secret in [rsa.public_der.clone(), n.into_bytes()] {
+    for (form, secret) in [
+        ("DER", rsa.public_der.clone()),
+        ("PEM", pem.into_bytes()),
+        ("JWK", rsa.jwk.to_string().into_bytes()),
+        ("modulus n", n.into_bytes()),
+    ] {
         let mut header = Header::new(Algorithm::HS256);
         header.kid = Some("r1".into());
         let token =
             jsonwebtoken::encode(&header, &claims(), &EncodingKey::from_secret(&secret)).unwrap();
-        assert_eq!(refused(&auth, &token).await, "algorithm");
+        let case = format!("HS256 keyed with the public key ({form})");
+        assert_refused(&auth, &case, &token, "algorithm").await;
     }
 }
 
@@ -297,18 +338,18 @@ async fn agent_id_is_required_and_checked() {
     let key = TestKey::ec("k1");
     let auth = authenticator(&[&key]);
     let long = "a".repeat(129);
-    for bad in [
-        Value::Null,
-        json!(""),
-        json!(42),
-        json!(["agent"]),
-        json!("agent foo"),
-        json!("agent/foo"),
-        json!("agént"),
-        json!(long),
+    for (case, bad) in [
+        ("missing agent_id", Value::Null),
+        ("empty agent_id", json!("")),
+        ("agent_id a number", json!(42)),
+        ("agent_id an array", json!(["agent"])),
+        ("agent_id with a space", json!("agent foo")),
+        ("agent_id with a slash", json!("agent/foo")),
+        ("agent_id not ASCII", json!("agént")),
+        ("agent_id of 129 characters", json!(long)),
     ] {
-        let token = key.sign(&claims_with("agent_id", bad.clone()));
-        assert_eq!(refused(&auth, &token).await, "agent_id", "{bad}");
+        let token = key.sign(&claims_with("agent_id", bad));
+        assert_refused(&auth, case, &token, "agent_id").await;
     }
     let longest = "a".repeat(128);
     for good in ["agent-foo.01", "svc:agent@site_2", longest.as_str()] {
@@ -328,29 +369,26 @@ async fn tampered_tokens_are_refused() {
     let mut bytes = signature.as_bytes().to_vec();
     bytes[10] = if bytes[10] == b'A' { b'B' } else { b'A' };
     let tampered = format!("{signing_input}.{}", String::from_utf8(bytes).unwrap());
-    assert_eq!(refused(&auth, &tampered).await, "signature");
+    assert_refused(&auth, "tampered signature", &tampered, "signature").await;
 
     // Claims changed under the original signature.
     let (header, _) = signing_input.split_once('.').unwrap();
     let forged = b64(claims_with("agent_id", json!("admin"))
         .to_string()
         .as_bytes());
-    assert_eq!(
-        refused(&auth, &format!("{header}.{forged}.{signature}")).await,
-        "signature"
-    );
+    let forged = format!("{header}.{forged}.{signature}");
+    assert_refused(&auth, "tampered payload", &forged, "signature").await;
 
     // A valid signature of another token.
     let other = key.sign(&claims_with("jti", json!("other")));
     let other_signature = other.rsplit('.').next().unwrap();
-    assert_eq!(
-        refused(&auth, &format!("{signing_input}.{other_signature}")).await,
-        "signature"
-    );
+    let swapped = format!("{signing_input}.{other_signature}");
+    assert_refused(&auth, "signature of another token", &swapped, "signature").await;
 
-    // Signed by a key that is not the one its kid names.
+    // Signed by a foreign key under the kid of a trusted one.
     let impostor = TestKey::ec("k1");
-    assert_eq!(refused(&auth, &impostor.sign(&claims())).await, "signature");
+    let foreign = impostor.sign(&claims());
+    assert_refused(&auth, "foreign signature", &foreign, "signature").await;
 }
 
 #[tokio::test]
@@ -359,12 +397,12 @@ async fn oversized_token_is_refused_before_decoding() {
     let auth = authenticator(&[&key]);
     let padding = "x".repeat(MAX_TOKEN_BYTES);
     let huge = key.sign(&claims_with("padding", json!(padding)));
-    assert_eq!(refused(&auth, &huge).await, "too_large");
+    assert_refused(&auth, "oversized signed token", &huge, "too_large").await;
     let junk = "a".repeat(MAX_TOKEN_BYTES + 1);
-    assert_eq!(refused(&auth, &junk).await, "too_large");
+    assert_refused(&auth, "oversized junk token", &junk, "too_large").await;
     let header = vec![b' '; 1 << 20];
     let failure = auth.verify(Some(&header), NOW).await.unwrap_err();
-    assert_eq!(failure.reason(), "too_large");
+    assert_eq!(failure.reason(), "too_large", "oversized header: {failure}");
 }
 
 #[tokio::test]
@@ -381,27 +419,41 @@ async fn other_schemes_and_shapes_are_malformed() {
     let key = TestKey::ec("k1");
     let auth = authenticator(&[&key]);
     let token = key.sign(&claims());
-    for header in [
-        format!("Basic {token}"),
-        format!("Bearer{token}"),
-        "Bearer".to_owned(),
-        "Bearer    ".to_owned(),
-        String::new(),
-        format!("Bearer {token} extra"),
-        format!("Bearer {token}=="),
-        format!("Bearer {}", token.replacen('.', "", 1)),
-        format!("Bearer {token}.{token}"),
-        "Bearer a.b.c.d.e".to_owned(),
-        format!("Bearer .{}", token.split_once('.').unwrap().1),
-        format!("Bearer !!.{}", token.split_once('.').unwrap().1),
+    let (header_part, rest) = token.split_once('.').unwrap();
+    // A JWE in compact form: header, encrypted key, IV, ciphertext, tag.
+    let jwe_header = b64(br#"{"alg":"RSA-OAEP","enc":"A256GCM","kid":"k1"}"#);
+    let jwe = format!("{jwe_header}.ZW5jcnlwdGVkLWtleQ.aXYtaXYtaXY.Y2lwaGVydGV4dA.dGFnLXRhZw");
+    for (case, header) in [
+        ("Basic scheme", format!("Basic {token}")),
+        ("no space after the scheme", format!("Bearer{token}")),
+        ("scheme alone", "Bearer".to_owned()),
+        ("scheme and spaces", "Bearer    ".to_owned()),
+        ("empty header", String::new()),
+        ("a second word", format!("Bearer {token} extra")),
+        ("base64 padding", format!("Bearer {token}==")),
+        (
+            "two parts",
+            format!("Bearer {}", token.rsplit_once('.').unwrap().0),
+        ),
+        (
+            "two parts, a dot removed",
+            format!("Bearer {header_part}{rest}"),
+        ),
+        ("four parts", format!("Bearer {token}.{header_part}")),
+        ("five parts (a JWE)", format!("Bearer {jwe}")),
+        ("five junk parts", "Bearer a.b.c.d.e".to_owned()),
+        ("six parts", format!("Bearer {token}.{token}")),
+        ("empty header part", format!("Bearer .{rest}")),
+        ("header not base64url", format!("Bearer !!.{rest}")),
     ] {
         let failure = auth.verify(Some(header.as_bytes()), NOW).await.unwrap_err();
-        assert_eq!(failure.reason(), "malformed", "{header}: {failure}");
+        assert_eq!(failure.reason(), "malformed", "{case}: {failure}");
         assert_eq!(
             failure.www_authenticate(),
-            r#"Bearer error="invalid_token""#
+            r#"Bearer error="invalid_token""#,
+            "{case}"
         );
-        assert!(!failure.to_string().contains(&token));
+        assert!(!failure.to_string().contains(&token), "{case}");
     }
 }
 
@@ -413,7 +465,10 @@ async fn critical_header_extensions_are_refused() {
     header.kid = Some("k1".into());
     header.crit = Some(vec!["exp".into()]);
     let token = key.sign_with_header(&header, &claims());
-    assert_eq!(refused(&auth, &token).await, "malformed");
+    assert_refused(&auth, "crit in the header", &token, "malformed").await;
+    let empty = json!({ "alg": "ES256", "kid": "k1", "crit": [] });
+    let token = key.sign_json(&empty, &claims());
+    assert_refused(&auth, "empty crit in the header", &token, "malformed").await;
 }
 
 #[tokio::test]
@@ -512,23 +567,51 @@ fn every_reason_has_a_challenge() {
 async fn a_certificate_bound_token_needs_that_certificate() {
     let key = TestKey::ec("k1");
     let auth = authenticator(&[&key]);
-    let der = b"the agent's certificate, DER";
+    let der: &[u8] = b"the agent's certificate, DER";
     let thumbprint = certificate_thumbprint(der);
     assert_eq!(thumbprint.len(), 43, "unpadded base64url of 32 bytes");
     let token = key.sign(&claims_with("cnf", json!({ "x5t#S256": thumbprint })));
     let identity = verify(&auth, &token).await.unwrap();
     assert_eq!(identity.binding, Binding::Certificate(thumbprint));
-    auth.check_binding(&identity, Some(der)).unwrap();
-    let no_cert = auth.check_binding(&identity, None).unwrap_err();
-    assert_eq!(no_cert, AuthFailure::Binding(BindingFailure::NoCertificate));
-    assert_eq!(no_cert.reason(), "cert_binding");
-    let other = auth
-        .check_binding(&identity, Some(b"another certificate"))
-        .unwrap_err();
-    assert_eq!(
-        other,
-        AuthFailure::Binding(BindingFailure::OtherCertificate)
-    );
+
+    // The whole request, as the tunnel hands it over: the Bearer token and the DER of the
+    // client certificate, if the agent sent one.
+    let authorization = format!("Bearer {token}");
+    let request = |certificate| Credentials {
+        authorization: Some(authorization.as_bytes()),
+        authorization_count: 1,
+        certificate,
+        ..Credentials::default()
+    };
+    auth.authenticate(&request(Some(der)), NOW).await.unwrap();
+    for (case, certificate, failure) in [
+        (
+            "bound token without a certificate",
+            None,
+            BindingFailure::NoCertificate,
+        ),
+        (
+            "bound token with another certificate",
+            Some(&b"another certificate"[..]),
+            BindingFailure::OtherCertificate,
+        ),
+    ] {
+        let Err(refusal) = auth.authenticate(&request(certificate), NOW).await else {
+            panic!("{case}: accepted");
+        };
+        assert_eq!(refusal.failure, AuthFailure::Binding(failure), "{case}");
+        assert_eq!(refusal.reason(), "cert_binding", "{case}");
+        assert_eq!(
+            refusal.www_authenticate(),
+            r#"Bearer error="invalid_token""#,
+            "{case}"
+        );
+        assert_eq!(
+            auth.check_binding(&identity, certificate),
+            Err(AuthFailure::Binding(failure)),
+            "{case}"
+        );
+    }
 }
 
 #[tokio::test]

@@ -235,13 +235,29 @@ pub(super) async fn verify(auth: &Authenticator, token: &str) -> Result<Identity
 /// The failure reason of `Bearer <token>` at [`NOW`]; panics if it was accepted.
 pub(super) async fn refused(auth: &Authenticator, token: &str) -> &'static str {
     let failure = verify(auth, token).await.expect_err("token accepted");
-    // The log line must never carry the token.
+    assert_token_not_shown(&failure, token);
+    failure.reason()
+}
+
+/// Asserts that `Bearer <token>` is refused at [`NOW`] with the metric reason `reason`;
+/// every failure message starts with `case`, the name of the case in the negative suite.
+pub(super) async fn assert_refused(auth: &Authenticator, case: &str, token: &str, reason: &str) {
+    match verify(auth, token).await {
+        Ok(identity) => panic!("{case}: accepted, as agent {:?}", identity.agent_id),
+        Err(failure) => {
+            assert_token_not_shown(&failure, token);
+            assert_eq!(failure.reason(), reason, "{case}: refused as {failure}");
+        }
+    }
+}
+
+/// The log line of a failure must never carry the token.
+fn assert_token_not_shown(failure: &AuthFailure, token: &str) {
     for shown in [failure.to_string(), format!("{failure:?}")] {
         for part in token.split('.').filter(|p| p.len() > 8) {
             assert!(!shown.contains(part), "{shown} holds the token");
         }
     }
-    failure.reason()
 }
 
 /// Waits (up to 10 s) until `condition` holds.
