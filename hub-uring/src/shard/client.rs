@@ -74,7 +74,9 @@ pub(crate) async fn serve(
         };
     };
     if let (Some(pdp), Some(subject)) = (&shard.shared.pdp, &session.subject) {
-        match pdp.decide(subject, info.connector, ip).await {
+        // Boxed: the decision's state would otherwise enlarge every client's task for its
+        // whole life.
+        match Box::pin(pdp.decide(subject, info.connector, ip)).await {
             Decision::Allow => {}
             // The PDP client logged why, with the request's id.
             _ => return reject(RejectReason::Denied),
@@ -110,14 +112,27 @@ async fn pump(
     credit: Rc<Notify>,
     metrics: ConnectorMetrics,
 ) {
-    let up = Box::pin(client_to_agent(
-        &shard,
-        &session,
-        id,
-        stream.clone(),
-        &credit,
-        &metrics,
-    ));
+    // Only the driver's own receive loop is allocated: each is smaller than both together.
+    let up: std::pin::Pin<Box<dyn std::future::Future<Output = Outcome> + '_>> =
+        match shard.recv_ring {
+            Some(buffer_len) => Box::pin(client_to_agent_ring(
+                &shard,
+                &session,
+                id,
+                stream.clone(),
+                buffer_len,
+                &credit,
+                &metrics,
+            )),
+            None => Box::pin(client_to_agent(
+                &shard,
+                &session,
+                id,
+                stream.clone(),
+                &credit,
+                &metrics,
+            )),
+        };
     let down = Box::pin(agent_to_client(
         &shard,
         &session,
@@ -135,7 +150,7 @@ async fn pump(
     }
 }
 
-/// Client → agent. Done when the client half-closed (FIN sent to the agent).
+/// Client → agent under epoll. Done when the client half-closed (FIN sent to the agent).
 async fn client_to_agent(
     shard: &ShardCtx,
     session: &SessionCtx,
@@ -144,9 +159,6 @@ async fn client_to_agent(
     credit: &Notify,
     metrics: &ConnectorMetrics,
 ) -> Outcome {
-    if let Some(buffer_len) = shard.recv_ring {
-        return client_to_agent_ring(shard, session, id, reader, buffer_len, credit, metrics).await;
-    }
     // Readiness is awaited without a buffer, so an idle client holds none. After a read that
     // filled its buffer more bytes are likely waiting, and the next read goes straight on.
     let Ok(readiness) = reader.to_poll_fd() else {
@@ -267,8 +279,16 @@ async fn client_to_agent_ring(
             Burst::Eof => eof = true,
             Burst::RingEmpty => {
                 shard.metrics.recv_ring_exhausted();
-                if let Read::End(outcome) =
-                    read_pooled(shard, session, id, &mut reader, credit, metrics).await
+                // Boxed: a rare path whose state would enlarge every stream's future.
+                if let Read::End(outcome) = Box::pin(read_pooled(
+                    shard,
+                    session,
+                    id,
+                    &mut reader,
+                    credit,
+                    metrics,
+                ))
+                .await
                 {
                     return outcome;
                 }

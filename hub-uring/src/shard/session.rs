@@ -345,8 +345,6 @@ impl SessionCtx {
         if pending.is_empty() {
             return;
         }
-        let mut msg = self.shard.pool.take();
-        msg.clear();
         let mut header = [0u8; ws::MAX_HEADER_LEN];
         let n = ws::encode_header(
             &mut header,
@@ -355,6 +353,23 @@ impl SessionCtx {
             pending.len() as u64,
             None,
         );
+        // A pooled buffer still waiting for the writer takes the message behind its own when
+        // it has room: a burst of opens or window updates then fills a few buffers, rather
+        // than holding a whole pooled buffer per message of a few dozen bytes.
+        let mut out = self.out.borrow_mut();
+        if let Some(OutBuf::Vec {
+            buf, pooled: true, ..
+        }) = out.back_mut()
+            && buf.capacity() - buf.len() >= n + pending.len()
+        {
+            buf.extend_from_slice(&header[..n]);
+            buf.extend_from_slice(pending);
+            core.clear_transmit();
+            return;
+        }
+        drop(out);
+        let mut msg = self.shard.pool.take();
+        msg.clear();
         msg.extend_from_slice(&header[..n]);
         msg.extend_from_slice(pending);
         core.clear_transmit();
