@@ -195,12 +195,18 @@ pub fn start(
         None => None,
     };
     let https = config.url.to_ascii_lowercase().starts_with("https://");
-    let http = reqwest::Client::builder()
+    let mut builder = reqwest::Client::builder()
         .timeout(timeout)
         .connect_timeout(timeout)
         .user_agent(concat!("nowconnect-hub/", env!("CARGO_PKG_VERSION")))
         .redirect(reqwest::redirect::Policy::none())
-        .https_only(https)
+        .https_only(https);
+    if !https {
+        // A plain-http PDP is a sidecar or on the local network: never through a proxy, as
+        // for the key set.
+        builder = builder.no_proxy();
+    }
+    let http = builder
         .build()
         .map_err(|e| format!("pdp.url: cannot build the HTTP client: {e}"))?;
     let base = config.url.trim_end_matches('/');
