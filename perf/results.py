@@ -98,7 +98,7 @@ def figures(d, s, has_low):
     return f
 
 
-def idle_figures(once, s, idle_timeout_ms=None):
+def idle_figures(once, s, idle_timeout_ms=None, sweep_interval_ms=None):
     """Memory per idle stream, and for NowConnect the idle sweep, of system s from the phase
     after the rounds; None if there is no result."""
     r = load(once, f"{s}-idle.json")
@@ -124,10 +124,14 @@ def idle_figures(once, s, idle_timeout_ms=None):
     if sw:
         total = sw["in_time"] + sw["within_allowance"] + sw["late"] + sw["never"]
         # The load generator counts a close as in time when it comes no later than the bound;
-        # one that comes before the idle timeout is not the sweep's (the hub or agent went
-        # away, or closed the stream for another reason).
+        # one that comes well before the idle timeout is not the sweep's (the hub or agent went
+        # away, or closed the stream for another reason). The load generator starts a
+        # stream's clock when it reads the echoed byte, a little after the hub stamped the
+        # stream's last activity, and on a saturated machine that lag reaches a few hundred
+        # ms: a close counts as early only when it comes more than a sweep interval before
+        # the idle timeout.
         early = idle_timeout_ms is not None and total > sw["never"] and \
-            sw["first_close_ms"] < idle_timeout_ms
+            sw["first_close_ms"] < idle_timeout_ms - (sweep_interval_ms or 0)
         f["sweep"] = dict(sw, total=total, early=early,
                           share=sw["in_time"] / total if total else None,
                           share_allowed=(sw["in_time"] + sw["within_allowance"]) / total
@@ -196,7 +200,8 @@ def main():
     per = {r: {s: figures(rdirs[r], s, has_low) for s in systems} for r in rounds}
     once = os.path.join(d, "once")
     has_once = os.path.isdir(once)
-    idle = {s: idle_figures(once, s, (meta.get("idle") or {}).get("idle_timeout_ms"))
+    idle = {s: idle_figures(once, s, (meta.get("idle") or {}).get("idle_timeout_ms"),
+                            (meta.get("idle") or {}).get("sweep_interval_ms"))
             for s in systems}
     slow = {s: slow_figures(once, s) for s in systems}
     rate = meta.get("latency_rate")
@@ -383,7 +388,7 @@ def main():
                 f"{fmt(sw['never'])} never; closes {sw['first_close_ms'] / 1000:.2f} to "
                 f"{sw['last_close_ms'] / 1000:.2f} s after the last byte")
         if sw.get("early"):
-            text += " (**before the idle timeout**: not the sweep)"
+            text += " (**more than a sweep interval before the idle timeout**: not the sweep)"
         return text
 
     def sweep_cell(s):
@@ -482,23 +487,33 @@ def main():
     if has_once:
         notes = []
         timeout_s = (imeta.get("idle_timeout_ms") or 0) / 1000
+        interval_s = (imeta.get("sweep_interval_ms") or 0) / 1000
         for s in NOWCONNECT:
             f = idle.get(s)
             if f and f["open_seconds"] is not None and timeout_s and \
-                    f["open_seconds"] + 1 >= timeout_s:
+                    f["open_seconds"] + 1 >= timeout_s - interval_s:
                 notes.append(f"- {NAMES[s]}: opening the idle streams took "
                              f"{f['open_seconds']:.1f} s, so the first of them could be swept "
                              "before memory was read (one second after the last opened): its "
-                             "memory per idle stream is too low; raise --idle-timeout-ms.")
+                             "memory per idle stream may be too low; raise --idle-timeout-ms.")
         requested = imeta.get("connections_requested")
+        limited = [s for s in systems if idle.get(s) and requested
+                   and idle[s]["requested"] is not None and idle[s]["requested"] < requested]
+        if limited:
+            notes.append(
+                f"- The open-file limit ({fmt(imeta.get('open_files_limit'))}; it could not be "
+                f"raised to {fmt(imeta.get('open_files_wanted'))}) let "
+                + ", ".join(f"{NAMES[s]} hold {fmt(idle[s]['requested'])}" for s in limited)
+                + f" idle streams instead of {fmt(requested)}: each stream holds one socket in "
+                "each NowConnect process and two in each of rathole's and bore's. Memory per "
+                "idle stream is over the streams each system held.")
         for s in systems:
             f = idle.get(s)
-            if f and requested and f["held"] is not None and f["held"] < requested:
-                why = ("the open-file limit" if f["requested"] < requested
-                       else "some failed to open")
-                notes.append(f"- {NAMES[s]}: {fmt(f['held'])} idle streams instead of "
-                             f"{fmt(requested)} ({why}); its memory per idle stream is over the "
-                             "streams it held.")
+            if f and f["held"] is not None and f["requested"] is not None and \
+                    f["held"] < f["requested"]:
+                notes.append(f"- {NAMES[s]}: only {fmt(f['held'])} of {fmt(f['requested'])} "
+                             "idle streams opened (see Failed steps); its memory per idle "
+                             "stream is over those.")
         if notes:
             w("Idle phase notes:")
             w("")
@@ -677,7 +692,8 @@ def main():
                     f"{sw['share_allowed']:.4f} ({fmt(sw['within_allowance'])} needed it)")
             if sw["early"]:
                 sweep = (text + f"; first close {sw['first_close_ms'] / 1000:.2f} s after the "
-                         "last byte, before the idle timeout", "not met: closed early")
+                         "last byte, more than a sweep interval before the idle timeout",
+                         "not met: closed early")
             elif sw["share"] == 1:
                 sweep = (text, "**met**")
             elif sw["share_allowed"] == 1:
@@ -996,11 +1012,18 @@ def main():
           "asked for it lowers each system's count to what the limit allows, as the Machine "
           "table says. Each stream also takes an ephemeral port for every connection opened "
           "towards one address (load generator to the listener, agent or tunnel client to the "
-          "target, tunnel client to its server); connections towards different addresses can "
-          "share a port, so one range of "
-          f"{imeta.get('port_range', 'the default size')} is enough for as many streams as it "
-          "has ports, and the script widens `net.ipv4.ip_local_port_range` for the run (and "
-          "restores it) only when it is not.")
+          "target, tunnel client to its server). Connections towards different addresses can "
+          "share a port, but `connect()` hands out the even half of the range first, and once "
+          "that half is taken towards an address it scans all of it again before each odd port: "
+          "past half the range, opening slows to a crawl (on this machine 19 700 streams opened "
+          "through NowConnect in 27 s instead of 3). So when the streams do not fit in the even "
+          "half of `net.ipv4.ip_local_port_range` (here "
+          f"{imeta.get('port_range', '—')}), the script widens the range for the idle phase "
+          "and restores it after"
+          + (f": {imeta['port_range_note']}." if imeta.get("port_range_note")
+             else "; this run did not need to.")
+          + " The hub's idle timeout is 20 s unless the range stays narrow (then 45 s), or "
+          "as given with `--idle-timeout-ms`.")
         w("")
     w("## Commands")
     w("")
