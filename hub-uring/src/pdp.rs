@@ -52,11 +52,13 @@ const MAX_TOKEN_FILE_BYTES: u64 = 16 * 1024;
 pub struct SessionSubject {
     subject: Subject,
     key: Arc<str>,
+    /// The agent's address, for the log lines about decisions.
+    agent_addr: SocketAddr,
 }
 
 impl SessionSubject {
-    /// The subject of a session authenticated as `identity`.
-    pub fn new(identity: &Identity) -> SessionSubject {
+    /// The subject of a session authenticated as `identity`, from `agent_addr`.
+    pub fn new(identity: &Identity, agent_addr: SocketAddr) -> SessionSubject {
         let subject = Subject {
             agent_id: identity.agent_id.clone(),
             client_id: identity.client_id.clone(),
@@ -69,7 +71,11 @@ impl SessionSubject {
             },
         };
         let key = subject.cache_key().into();
-        SessionSubject { subject, key }
+        SessionSubject {
+            subject,
+            key,
+            agent_addr,
+        }
     }
 }
 
@@ -270,8 +276,9 @@ impl Pdp {
                 if matches!(failure, Failure::Overload) {
                     // The worker never saw it: count and log it here (it does the others).
                     self.metrics.pdp_error(failure.kind());
-                    tracing::warn!(agent = %subject.subject.agent_id, connector = %connector,
-                        %client, kind = failure.kind(), error = %failure,
+                    tracing::warn!(agent = %subject.subject.agent_id,
+                        agent_addr = %subject.agent_addr, connector = %connector, %client,
+                        kind = failure.kind(), error = %failure,
                         fail_open = self.fail_open, "the PDP gave no decision");
                 }
                 if self.fail_open {
@@ -550,18 +557,13 @@ impl Worker {
                 Verdict::Allow
             }
             Ok((false, _)) => {
-                tracing::info!(agent = %subject.subject.agent_id, connector = %connector,
-                    client = %client, request_id, "the PDP denied a stream");
+                tracing::info!(agent = %subject.subject.agent_id, agent_addr = %subject.agent_addr,
+                    connector = %connector, client = %client, request_id,
+                    "the PDP denied a stream");
                 Verdict::Deny
             }
             Err(failure) => {
-                self.failed(
-                    &failure,
-                    &request_id,
-                    &subject.subject.agent_id,
-                    &[connector],
-                    Some(client),
-                );
+                self.failed(&failure, &request_id, subject, &[connector], Some(client));
                 Verdict::Failed(failure)
             }
         }
@@ -592,13 +594,7 @@ impl Worker {
                         }
                     }
                     Err(failure) => {
-                        self.failed(
-                            &failure,
-                            &request_id,
-                            &subject.subject.agent_id,
-                            connectors,
-                            None,
-                        );
+                        self.failed(&failure, &request_id, subject, connectors, None);
                     }
                 }
             }
@@ -621,13 +617,7 @@ impl Worker {
                             self.batch_decision(subject, *connector, a.allow, ttl);
                         }
                         Err(failure) => {
-                            self.failed(
-                                &failure,
-                                &request_id,
-                                &subject.subject.agent_id,
-                                &[*connector],
-                                None,
-                            );
+                            self.failed(&failure, &request_id, subject, &[*connector], None);
                         }
                     }
                 });
@@ -657,13 +647,14 @@ impl Worker {
         &self,
         failure: &Failure,
         request_id: &str,
-        agent: &str,
+        subject: &SessionSubject,
         connectors: &[ConnectorName],
         client: Option<IpAddr>,
     ) {
         self.pdp.metrics.pdp_error(failure.kind());
         // A batch asked on connect has no client.
-        tracing::warn!(agent, connectors = ?connectors, client = ?client, request_id,
+        tracing::warn!(agent = %subject.subject.agent_id, agent_addr = %subject.agent_addr,
+            connectors = ?connectors, client = ?client, request_id,
             kind = failure.kind(), error = %failure, fail_open = self.pdp.fail_open,
             "the PDP gave no decision");
     }

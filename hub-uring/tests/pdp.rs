@@ -298,6 +298,8 @@ fn each_stream_is_decided_by_the_pdp_with_the_authzen_request() {
     assert_eq!(line["request_id"], web.headers["x-request-id"].as_str());
     assert_eq!(line["connector"], "web");
     assert_eq!(line["agent"], AGENT);
+    let agent_addr = site.agent.stream.local_addr().unwrap().to_string();
+    assert_eq!(line["agent_addr"], agent_addr.as_str());
     assert_eq!(line["client"], "127.0.0.1");
 }
 

@@ -166,7 +166,7 @@ impl SessionCtx {
             .shared
             .pdp
             .as_ref()
-            .map(|_| Arc::new(SessionSubject::new(identity)));
+            .map(|_| Arc::new(SessionSubject::new(identity, peer)));
         Rc::new(SessionCtx {
             id,
             agent_id: identity.agent_id.clone(),
