@@ -1,6 +1,7 @@
 //! What the agent puts on the WebSocket: masked frames, and the session's transmit buffer cut
 //! into binary messages at frame boundaries.
 
+use std::cell::RefCell;
 use std::ops::Range;
 
 use nowconnect_core::frame;
@@ -11,13 +12,34 @@ use nowconnect_core::ws::{self, CloseCode, Opcode};
 /// frame fits one message.
 pub(crate) const MAX_MESSAGE: usize = 2 << 20;
 
-/// A fresh random masking key (RFC 6455 §5.3 asks for one per frame, unpredictable).
+/// Random bytes fetched from the OS at a time for masking keys: one system call per 1024
+/// keys instead of one per frame.
+const KEY_BLOCK: usize = 4096;
+
+thread_local! {
+    /// This thread's unused masking-key bytes, and how many of them are used up.
+    static KEYS: RefCell<(Box<[u8; KEY_BLOCK]>, usize)> =
+        RefCell::new((Box::new([0; KEY_BLOCK]), KEY_BLOCK));
+}
+
+/// A fresh random masking key (RFC 6455 §5.3 asks for one per frame, unpredictable). Every
+/// key is four bytes of the OS random source never used before; an earlier key, seen on the
+/// wire, says nothing of a later one.
 pub(crate) fn mask_key() -> [u8; 4] {
-    let mut key = [0u8; 4];
-    // If the OS random source fails, an all-zero key still produces valid frames; masking
-    // protects intermediaries, not the tunnel's confidentiality.
-    let _ = getrandom::fill(&mut key);
-    key
+    KEYS.with(|keys| {
+        let mut keys = keys.borrow_mut();
+        let (block, used) = &mut *keys;
+        if *used + 4 > KEY_BLOCK {
+            // If the OS random source fails, the block keeps its old bytes and frames stay
+            // valid; masking protects intermediaries, not the tunnel's confidentiality.
+            let _ = getrandom::fill(&mut block[..]);
+            *used = 0;
+        }
+        let mut key = [0u8; 4];
+        key.copy_from_slice(&block[*used..*used + 4]);
+        *used += 4;
+        key
+    })
 }
 
 /// Appends one masked WebSocket frame holding all of `payload`.
@@ -125,6 +147,23 @@ mod tests {
             frame::encode_data(&mut buf, StreamId(i as u32 + 1), &vec![7u8; n]);
         }
         buf
+    }
+
+    #[test]
+    fn masking_keys_keep_coming_fresh_across_blocks() {
+        // Three blocks' worth: 3072 keys of 32 random bits hold a repeat with a probability
+        // of about 0.1 %; more than a handful would mean reused bytes.
+        let keys: Vec<[u8; 4]> = (0..3 * KEY_BLOCK / 4).map(|_| mask_key()).collect();
+        let distinct: std::collections::HashSet<[u8; 4]> = keys.iter().copied().collect();
+        assert!(
+            distinct.len() + 4 >= keys.len(),
+            "{} of {}",
+            distinct.len(),
+            keys.len()
+        );
+        // Consecutive blocks differ: the second is not the first again.
+        let per_block = KEY_BLOCK / 4;
+        assert_ne!(keys[..per_block], keys[per_block..2 * per_block]);
     }
 
     #[test]
