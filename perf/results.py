@@ -65,18 +65,19 @@ def figures(d, s, has_low):
     t = {n: load(d, f"{s}-throughput-{n}.json") for n in (1, 8, 64)}
     for n, r in t.items():
         f[f"tput{n}"] = r["bytes_per_sec"] / 1e6 if r else None
+    def latency(name, suffix):
+        """The figures of one request/response run, under keys ending in `suffix`."""
+        lat = load(d, f"{s}-{name}.json")
+        f[f"rr{suffix}_rate"] = lat["achieved_rate"] if lat else None
+        f[f"p50{suffix}"] = lat["latency"]["p50_us"] / 1000 if lat else None
+        f[f"p99{suffix}"] = lat["latency"]["p99_us"] / 1000 if lat else None
+        f[f"rr{suffix}_errors"] = len(lat["errors"]) if lat else None
+        return lat
+
     if has_low:
-        low = load(d, f"{s}-latency-low.json")
-        f["rr_low_rate"] = low["achieved_rate"] if low else None
-        f["p50_low"] = low["latency"]["p50_us"] / 1000 if low else None
-        f["p99_low"] = low["latency"]["p99_us"] / 1000 if low else None
-        f["rr_low_errors"] = len(low["errors"]) if low else None
-    lat = load(d, f"{s}-latency.json")
-    f["rr_rate"] = lat["achieved_rate"] if lat else None
-    f["p50"] = lat["latency"]["p50_us"] / 1000 if lat else None
-    f["p99"] = lat["latency"]["p99_us"] / 1000 if lat else None
+        latency("latency-low", "_low")
+    lat = latency("latency", "")
     f["svc_p99"] = lat["service"]["p99_us"] / 1000 if lat else None
-    f["rr_errors"] = len(lat["errors"]) if lat else None
     ch = load(d, f"{s}-churn.json")
     f["cps"] = ch["connections_per_sec"] if ch else None
     f["open_p99"] = ch["open"]["p99_us"] / 1000 if ch else None

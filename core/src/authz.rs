@@ -62,32 +62,29 @@ pub struct Subject {
 }
 
 impl Subject {
-    /// The AuthZEN subject object.
-    fn authzen(&self) -> Value {
-        let mut properties = Map::new();
+    /// What the token said besides `agent_id`: claims the token lacks are left out.
+    fn claims(&self) -> Map<String, Value> {
+        let mut claims = Map::new();
         if let Some(client_id) = &self.client_id {
-            properties.insert("client_id".into(), client_id.as_str().into());
+            claims.insert("client_id".into(), client_id.as_str().into());
         }
         if let Some(issuer) = &self.issuer {
-            properties.insert("iss".into(), issuer.as_str().into());
+            claims.insert("iss".into(), issuer.as_str().into());
         }
-        properties.insert("scopes".into(), self.scopes.clone().into());
-        properties.insert("binding".into(), self.binding.as_str().into());
-        json!({ "type": "agent", "id": self.agent_id, "properties": properties })
+        claims.insert("scopes".into(), self.scopes.clone().into());
+        claims.insert("binding".into(), self.binding.as_str().into());
+        claims
     }
 
-    /// The legacy subject object.
+    /// The AuthZEN subject object: the claims are its `properties`.
+    fn authzen(&self) -> Value {
+        json!({ "type": "agent", "id": self.agent_id, "properties": self.claims() })
+    }
+
+    /// The legacy subject object: `agent_id` beside the claims.
     fn legacy(&self) -> Value {
-        let mut subject = Map::new();
+        let mut subject = self.claims();
         subject.insert("agent_id".into(), self.agent_id.as_str().into());
-        if let Some(client_id) = &self.client_id {
-            subject.insert("client_id".into(), client_id.as_str().into());
-        }
-        if let Some(issuer) = &self.issuer {
-            subject.insert("iss".into(), issuer.as_str().into());
-        }
-        subject.insert("scopes".into(), self.scopes.clone().into());
-        subject.insert("binding".into(), self.binding.as_str().into());
         Value::Object(subject)
     }
 

@@ -145,7 +145,6 @@ enum Job {
     Prewarm {
         subject: Arc<SessionSubject>,
         connectors: Vec<ConnectorName>,
-        agent: SocketAddr,
     },
 }
 
@@ -294,12 +293,7 @@ impl Pdp {
 
     /// Asks, in the background, about every connector of a new session whose allow is not
     /// cached, so that its first clients need not wait. Nothing happens without a cache.
-    pub(crate) fn prewarm(
-        &self,
-        subject: &Arc<SessionSubject>,
-        connectors: &[ConnectorName],
-        agent: SocketAddr,
-    ) {
+    pub(crate) fn prewarm(&self, subject: &Arc<SessionSubject>, connectors: &[ConnectorName]) {
         if self.cache_ttl.is_zero() {
             return;
         }
@@ -314,7 +308,6 @@ impl Pdp {
         let job = Job::Prewarm {
             subject: subject.clone(),
             connectors,
-            agent,
         };
         if self.jobs.try_send(job).is_err() {
             self.metrics.pdp_error(Failure::Overload.kind());
@@ -505,8 +498,7 @@ impl Worker {
                     Job::Prewarm {
                         subject,
                         connectors,
-                        agent,
-                    } => worker.prewarm(&subject, &connectors, agent).await,
+                    } => worker.prewarm(&subject, &connectors).await,
                 }
             });
         }
@@ -520,6 +512,45 @@ impl Worker {
         }
     }
 
+    /// Asks about one connector, in the configured dialect: the decision and for how long an
+    /// allow may be cached, or why there is none; with the request's id either way.
+    async fn ask(
+        &self,
+        subject: &SessionSubject,
+        connector: ConnectorName,
+        client: Option<IpAddr>,
+        deadline: Instant,
+    ) -> (String, Result<(bool, Duration), Failure>) {
+        let context = self.context(client);
+        let request_id = self.request_ids.next();
+        let answer = match &self.endpoints {
+            Endpoints::AuthZen { evaluation, .. } => {
+                let body = authz::evaluation_request(&subject.subject, connector.as_str(), context);
+                self.post(evaluation, body, &request_id, deadline)
+                    .await
+                    .and_then(|body| {
+                        authz::parse_evaluation(&body)
+                            .map(|allow| (allow, self.pdp.cache_ttl))
+                            .map_err(Failure::Malformed)
+                    })
+            }
+            Endpoints::Legacy(url) => {
+                let body = authz::legacy_request(&subject.subject, connector.as_str(), context);
+                self.post(url, body, &request_id, deadline)
+                    .await
+                    .and_then(|body| {
+                        authz::parse_legacy(&body)
+                            .map(|a| {
+                                let ttl = a.ttl_sec.map_or(self.pdp.cache_ttl, Duration::from_secs);
+                                (a.allow, ttl)
+                            })
+                            .map_err(Failure::Malformed)
+                    })
+            }
+        };
+        (request_id, answer)
+    }
+
     async fn evaluate(
         &self,
         subject: &Arc<SessionSubject>,
@@ -527,31 +558,8 @@ impl Worker {
         client: IpAddr,
         deadline: Instant,
     ) -> Verdict {
-        let context = self.context(Some(client));
-        let (url, body) = match &self.endpoints {
-            Endpoints::AuthZen { evaluation, .. } => (
-                evaluation,
-                authz::evaluation_request(&subject.subject, connector.as_str(), context),
-            ),
-            Endpoints::Legacy(url) => (
-                url,
-                authz::legacy_request(&subject.subject, connector.as_str(), context),
-            ),
-        };
-        let request_id = self.request_ids.next();
-        let answer = self.post(url, body, &request_id, deadline).await;
-        let verdict = answer.and_then(|body| match &self.endpoints {
-            Endpoints::AuthZen { .. } => authz::parse_evaluation(&body)
-                .map(|allow| (allow, self.pdp.cache_ttl))
-                .map_err(Failure::Malformed),
-            Endpoints::Legacy(_) => authz::parse_legacy(&body)
-                .map(|a| {
-                    let ttl = a.ttl_sec.map_or(self.pdp.cache_ttl, Duration::from_secs);
-                    (a.allow, ttl)
-                })
-                .map_err(Failure::Malformed),
-        });
-        match verdict {
+        let (request_id, answer) = self.ask(subject, connector, Some(client), deadline).await;
+        match answer {
             Ok((true, ttl)) => {
                 self.pdp.remember(&subject.key, connector, ttl);
                 Verdict::Allow
@@ -569,12 +577,7 @@ impl Worker {
         }
     }
 
-    async fn prewarm(
-        &self,
-        subject: &Arc<SessionSubject>,
-        connectors: &[ConnectorName],
-        agent: SocketAddr,
-    ) {
+    async fn prewarm(&self, subject: &Arc<SessionSubject>, connectors: &[ConnectorName]) {
         let deadline = Instant::now() + self.pdp.timeout;
         match &self.endpoints {
             Endpoints::AuthZen { evaluations, .. } => {
@@ -598,34 +601,23 @@ impl Worker {
                     }
                 }
             }
-            Endpoints::Legacy(url) => {
+            Endpoints::Legacy(_) => {
                 // The legacy form has no batch: one request per connector, side by side.
-                let asks = connectors.iter().map(|connector| async move {
-                    let body = authz::legacy_request(
-                        &subject.subject,
-                        connector.as_str(),
-                        self.context(None),
-                    );
-                    let request_id = self.request_ids.next();
-                    let answer = self
-                        .post(url, body, &request_id, deadline)
-                        .await
-                        .and_then(|body| authz::parse_legacy(&body).map_err(Failure::Malformed));
-                    match answer {
-                        Ok(a) => {
-                            let ttl = a.ttl_sec.map_or(self.pdp.cache_ttl, Duration::from_secs);
-                            self.batch_decision(subject, *connector, a.allow, ttl);
+                let asks = connectors.iter().map(|&connector| async move {
+                    match self.ask(subject, connector, None, deadline).await {
+                        (_, Ok((allow, ttl))) => {
+                            self.batch_decision(subject, connector, allow, ttl);
                         }
-                        Err(failure) => {
-                            self.failed(&failure, &request_id, subject, &[*connector], None);
+                        (request_id, Err(failure)) => {
+                            self.failed(&failure, &request_id, subject, &[connector], None);
                         }
                     }
                 });
                 futures_util::future::join_all(asks).await;
             }
         }
-        tracing::debug!(agent = %subject.subject.agent_id, %agent, connectors = connectors.len(),
-            "PDP cache pre-warmed for a new session");
+        tracing::debug!(agent = %subject.subject.agent_id, agent_addr = %subject.agent_addr,
+            connectors = connectors.len(), "PDP cache pre-warmed for a new session");
     }
 
     fn batch_decision(

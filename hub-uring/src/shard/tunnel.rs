@@ -71,7 +71,7 @@ pub(crate) async fn serve(shard: Rc<ShardCtx>, mut stream: TcpStream, peer: Sock
         Ok(Ok((session, decoder, leftover))) => {
             shard.add_session(session.clone());
             if let (Some(pdp), Some(subject)) = (&shared.pdp, &session.subject) {
-                pdp.prewarm(subject, &session.accepted, peer);
+                pdp.prewarm(subject, &session.accepted);
             }
             shared.metrics.session_opened(&session.agent_id);
             tracing::info!(session = %session.id, agent = %session.agent_id, %peer,

@@ -5,7 +5,9 @@ use jsonwebtoken::jwk::{Jwk, ThumbprintHash};
 use nowconnect_core::config::{SecurityConfig, TunnelConfig, WsUrl};
 use serde_json::{Value, json};
 
-use super::support::{NOW, TestKey, b64, claims_with, jwks, security, store_without_refresher};
+use super::support::{
+    NOW, TestKey, b64, claims_with, jwks, security, store_without_refresher, with_member,
+};
 use crate::auth::dpop::{Admission, ReplayCache};
 use crate::auth::{
     Authenticator, Binding, Credentials, Identity, MAX_PROOF_BYTES, PROOF_MAX_AGE_SECS,
@@ -83,14 +85,7 @@ fn proof_claims(token: &str, seed: &str) -> Value {
 
 /// `proof_claims` with `name` set to `value`, or removed for `Value::Null`.
 fn proof_claims_with(token: &str, name: &str, value: Value) -> Value {
-    let mut claims = proof_claims(token, name);
-    let object = claims.as_object_mut().unwrap();
-    if value.is_null() {
-        object.remove(name);
-    } else {
-        object.insert(name.to_owned(), value);
-    }
-    claims
+    with_member(proof_claims(token, name), name, value)
 }
 
 /// A valid proof for `token` made with `key`.

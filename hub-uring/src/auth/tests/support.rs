@@ -187,14 +187,18 @@ pub(super) fn claims() -> Value {
 
 /// `claims()` with `name` set to `value` (or removed, for `Value::Null`).
 pub(super) fn claims_with(name: &str, value: Value) -> Value {
-    let mut claims = claims();
-    let object = claims.as_object_mut().unwrap();
+    with_member(claims(), name, value)
+}
+
+/// `object` with member `name` set to `value`, or removed for `Value::Null`.
+pub(super) fn with_member(mut object: Value, name: &str, value: Value) -> Value {
+    let members = object.as_object_mut().unwrap();
     if value.is_null() {
-        object.remove(name);
+        members.remove(name);
     } else {
-        object.insert(name.to_owned(), value);
+        members.insert(name.to_owned(), value);
     }
-    claims
+    object
 }
 
 pub(super) fn security() -> SecurityConfig {
