@@ -28,7 +28,7 @@ use tokio::task::JoinHandle;
 use crate::clock;
 use crate::connect::{Connected, Io};
 use crate::health::ReadyGuard;
-use crate::stream::{self, StreamEntry, ToTarget};
+use crate::stream::{self, StreamEntry};
 use crate::wire;
 
 /// The most streams one session carries at once; further OPENs are answered with RST 9. The
@@ -423,7 +423,7 @@ impl Reader {
                         if let Some(frame) = frame
                             && let Some(event) = st.session.recv(now, frame)?
                         {
-                            self.on_event(st, event);
+                            self.on_event(now, st, event);
                         }
                     }
                     if last {
@@ -468,7 +468,7 @@ impl Reader {
         let _ = std::mem::replace(&mut self.params.goaway, replacement).send(());
     }
 
-    fn on_event(&mut self, st: &mut Shared, event: Event<'_>) {
+    fn on_event(&mut self, now: Millis, st: &mut Shared, event: Event<'_>) {
         match event {
             Event::Opened {
                 id,
@@ -476,13 +476,16 @@ impl Reader {
                 peer,
             } => self.on_open(st, id, &connector, peer),
             Event::Data { id, data } => {
-                if let Some(entry) = st.streams.get(&id) {
-                    let _ = entry.to_target.send(ToTarget::Data(data.to_vec()));
+                if let Some(entry) = st.streams.get_mut(&id) {
+                    let written = entry.deliver(data);
+                    if written > 0 {
+                        st.session.consumed(now, id, written);
+                    }
                 }
             }
             Event::Finished { id, closed } => {
-                if let Some(entry) = st.streams.get(&id) {
-                    let _ = entry.to_target.send(ToTarget::Fin);
+                if let Some(entry) = st.streams.get_mut(&id) {
+                    entry.finish();
                 }
                 if closed {
                     st.forget_stream(id);

@@ -1,20 +1,21 @@
 //! One stream's I/O: dialling the connector's target, then two tasks that pipe bytes between
 //! the target socket and the session.
 //!
-//! The session's reader never touches a target socket. It hands bytes for the target to the
-//! stream's writer task through an unbounded channel (bounded in practice by the credit window:
-//! the hub cannot send more than `window` bytes the agent has not yet written and returned as
-//! credit), so a slow target stalls only its own stream. The stream's reader task reads the
-//! target only within the credit the hub granted.
+//! Bytes from the hub reach the target straight from the session's reader while nothing is
+//! queued before them: it writes what the socket takes at once, without a copy or a wake-up,
+//! and returns the credit itself. What the socket does not take (and anything that arrives
+//! before the target is connected) goes to the stream's writer task through an unbounded
+//! channel (bounded in practice by the credit window: the hub cannot send more than `window`
+//! bytes the agent has not yet written and returned as credit), and later bytes queue behind
+//! it until the writer task has caught up, so a slow target stalls only its own stream. The
+//! stream's reader task reads the target only within the credit the hub granted.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use nowconnect_core::config::TargetAddr;
 use nowconnect_core::frame::{RstCode, RstReason, StreamId};
-use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{Notify, mpsc};
 use tokio::task::AbortHandle;
 
@@ -47,10 +48,16 @@ pub(crate) struct StreamSignals {
 /// writer task finish the bytes queued and exit: the stream ended normally.
 #[derive(Debug)]
 pub(crate) struct StreamEntry {
-    /// Bytes and FIN for the target.
-    pub(crate) to_target: mpsc::UnboundedSender<ToTarget>,
+    /// Bytes and FIN for the target, for the writer task.
+    to_target: mpsc::UnboundedSender<ToTarget>,
     /// Reset and credit wake-ups.
     pub(crate) signals: Arc<StreamSignals>,
+    /// The target socket, once dialled and accepted.
+    target: Option<Arc<TcpStream>>,
+    /// Whether something sent to the writer task may still be unwritten. Set by whoever
+    /// sends, cleared by the writer task once its channel is empty, both under the link's
+    /// lock, so bytes written directly never overtake queued ones.
+    queued: bool,
 }
 
 impl StreamEntry {
@@ -60,8 +67,38 @@ impl StreamEntry {
         let entry = StreamEntry {
             to_target,
             signals: Arc::new(StreamSignals::default()),
+            target: None,
+            queued: false,
         };
         (entry, rx)
+    }
+
+    /// Hands the hub's bytes to the target: writes what the socket takes at once when nothing
+    /// waits before them, and queues the rest for the writer task. Returns how many bytes were
+    /// written here; the caller returns their credit (the writer task does for the rest).
+    pub(crate) fn deliver(&mut self, data: &[u8]) -> usize {
+        let mut written = 0;
+        if !self.queued
+            && let Some(target) = &self.target
+        {
+            // Any error, WouldBlock included, leaves the bytes to the writer task, which
+            // waits for room or reports the failure.
+            written = target.try_write(data).unwrap_or(0);
+        }
+        if written < data.len() {
+            self.queued = true;
+            let _ = self
+                .to_target
+                .send(ToTarget::Data(data[written..].to_vec()));
+        }
+        written
+    }
+
+    /// The hub finished sending: the writer task shuts down the socket's write side after
+    /// whatever it still has queued.
+    pub(crate) fn finish(&mut self) {
+        self.queued = true;
+        let _ = self.to_target.send(ToTarget::Fin);
     }
 }
 
@@ -164,9 +201,17 @@ pub(crate) async fn run(
             return;
         }
     };
+    let stream = Arc::new(stream);
     {
         let mut st = link.lock();
-        if !st.streams.contains_key(&id) || st.session.accept(id).is_err() {
+        let Some(entry) = st.streams.get_mut(&id) else {
+            drop(st);
+            reset_socket(&stream);
+            return;
+        };
+        entry.target = Some(Arc::clone(&stream));
+        if st.session.accept(id).is_err() {
+            st.forget_stream(id);
             drop(st);
             reset_socket(&stream);
             return;
@@ -174,14 +219,13 @@ pub(crate) async fn run(
     }
     link.flush();
     tracing::debug!(stream = %id, target = %target, "target connected");
-    let (read, write) = stream.into_split();
     let reader = tokio::spawn(from_target(
         Arc::clone(&link),
         id,
-        read,
+        Arc::clone(&stream),
         Arc::clone(&signals),
     ));
-    to_target(link, id, write, rx, signals, reader.abort_handle()).await;
+    to_target(link, id, stream, rx, signals, reader.abort_handle()).await;
 }
 
 /// Target → hub: reads within the stream's credit and queues DATA; FIN on EOF, RST 6 on a
@@ -190,7 +234,7 @@ pub(crate) async fn run(
 async fn from_target(
     link: Arc<Link>,
     id: StreamId,
-    read: OwnedReadHalf,
+    read: Arc<TcpStream>,
     signals: Arc<StreamSignals>,
 ) {
     loop {
@@ -255,43 +299,50 @@ fn reset_from_target(link: &Link, id: StreamId, err: &std::io::Error) {
     tracing::debug!(stream = %id, error = %err, "target read failed");
 }
 
-/// Hub → target: writes the bytes the session hands over, returns credit once they are
-/// written, shuts down the write side on FIN, and resets the socket when the stream is reset.
+/// Hub → target: writes the bytes the session queued, returns credit once they are written,
+/// shuts down the write side on FIN, and resets the socket when the stream is reset.
 async fn to_target(
     link: Arc<Link>,
     id: StreamId,
-    mut write: OwnedWriteHalf,
+    socket: Arc<TcpStream>,
     mut rx: mpsc::UnboundedReceiver<ToTarget>,
     signals: Arc<StreamSignals>,
     reader: AbortHandle,
 ) {
-    let abort = |write: OwnedWriteHalf| {
-        reset_socket(write.as_ref());
-        // `forget` keeps the half from sending FIN; the socket closes (with RST, as linger
-        // is 0) when the reader's half is dropped too.
-        write.forget();
+    // The socket closes (with RST, as linger is 0) once the reader task and the session's
+    // entry have let go of it too.
+    let abort = |socket: &TcpStream| {
+        reset_socket(socket);
         reader.abort();
     };
     loop {
         let message = tokio::select! {
             biased;
-            () = signals.reset.notified() => return abort(write),
+            () = signals.reset.notified() => return abort(&socket),
             message = rx.recv() => message,
         };
         let result = match message {
-            // The stream ended normally and everything queued was written.
-            None => return,
+            // The stream ended and everything queued was written: no more bytes will come.
+            None => {
+                let _ = socket2::SockRef::from(&*socket).shutdown(std::net::Shutdown::Write);
+                return;
+            }
             Some(ToTarget::Data(bytes)) => {
                 let written = tokio::select! {
                     biased;
-                    () = signals.reset.notified() => return abort(write),
-                    written = write.write_all(&bytes) => written,
+                    () = signals.reset.notified() => return abort(&socket),
+                    written = write_all(&socket, &bytes) => written,
                 };
                 if written.is_ok() {
                     let now = clock::now();
                     let queued = {
                         let mut st = link.lock();
                         st.session.consumed(now, id, bytes.len());
+                        if rx.is_empty()
+                            && let Some(entry) = st.streams.get_mut(&id)
+                        {
+                            entry.queued = false;
+                        }
                         !st.session.transmit().is_empty()
                     };
                     if queued {
@@ -300,7 +351,9 @@ async fn to_target(
                 }
                 written
             }
-            Some(ToTarget::Fin) => write.shutdown().await,
+            Some(ToTarget::Fin) => {
+                socket2::SockRef::from(&*socket).shutdown(std::net::Shutdown::Write)
+            }
         };
         if let Err(err) = result {
             {
@@ -314,9 +367,23 @@ async fn to_target(
             }
             link.flush();
             tracing::debug!(stream = %id, error = %err, "target write failed");
-            return abort(write);
+            return abort(&socket);
         }
     }
+}
+
+/// Writes all of `bytes` to `socket`, waiting for room as needed.
+async fn write_all(socket: &TcpStream, mut bytes: &[u8]) -> std::io::Result<()> {
+    while !bytes.is_empty() {
+        socket.writable().await?;
+        match socket.try_write(bytes) {
+            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(n) => bytes = &bytes[n..],
+            Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(err) => return Err(err),
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -393,6 +460,61 @@ mod tests {
         let err = timed_out.expect("the accept queue never filled up");
         assert!(matches!(err, DialError::Timeout(200)), "{err}");
         assert_eq!(err.rst_code(), RstCode::Unreachable);
+    }
+
+    /// A connected pair on loopback: ours, and the peer's end.
+    async fn pair() -> (TcpStream, TcpStream) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let ours = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (peer, _) = listener.accept().await.unwrap();
+        (ours, peer)
+    }
+
+    #[tokio::test]
+    async fn bytes_queue_behind_queued_ones_even_when_the_socket_has_room_again() {
+        let (ours, peer) = pair().await;
+        let (mut entry, mut rx) = StreamEntry::new();
+        // Before the target is connected, everything is queued.
+        assert_eq!(entry.deliver(b"early"), 0);
+        assert!(matches!(rx.try_recv(), Ok(ToTarget::Data(b)) if b == b"early"));
+        // The writer task caught up: direct writes from here.
+        entry.queued = false;
+        entry.target = Some(Arc::new(ours));
+        assert_eq!(entry.deliver(b"direct"), 6);
+        // Fill the socket until it takes only part of a chunk or nothing.
+        let chunk = vec![7u8; 64 * 1024];
+        let mut written = 0;
+        loop {
+            let n = entry.deliver(&chunk);
+            written += n;
+            if n < chunk.len() {
+                break;
+            }
+        }
+        assert!(entry.queued);
+        let Ok(ToTarget::Data(rest)) = rx.try_recv() else {
+            panic!("the rest of the chunk was not queued");
+        };
+        assert_eq!(written % chunk.len() + rest.len(), chunk.len());
+        // The peer drains everything: the socket has room, but the queue is not empty, so
+        // later bytes must wait behind it.
+        let mut buf = vec![0u8; 1 << 20];
+        let mut drained = 0;
+        while drained < 6 + written {
+            peer.readable().await.unwrap();
+            drained += peer.try_read(&mut buf).unwrap_or(0);
+        }
+        entry.target.as_ref().unwrap().writable().await.unwrap();
+        assert_eq!(
+            entry.deliver(b"later"),
+            0,
+            "later bytes overtook queued ones"
+        );
+        assert!(matches!(rx.try_recv(), Ok(ToTarget::Data(b)) if b == b"later"));
+        entry.finish();
+        assert!(matches!(rx.try_recv(), Ok(ToTarget::Fin)));
     }
 
     #[tokio::test]

@@ -357,6 +357,9 @@ enum Cmd {
         /// The hub's limits.sweep_interval_ms.
         #[arg(long, value_name = "MS")]
         sweep_interval_ms: Option<u64>,
+        /// The hub's limits.stream_window_bytes: each stream's credit window per direction.
+        #[arg(long, value_name = "BYTES")]
+        stream_window_bytes: Option<u64>,
     },
 }
 
@@ -585,6 +588,7 @@ async fn run(cmd: Cmd) -> Result<ExitCode, String> {
             lanes,
             idle_timeout_ms,
             sweep_interval_ms,
+            stream_window_bytes,
         } => {
             let mut parsed = Vec::new();
             for spec in &targets {
@@ -596,6 +600,7 @@ async fn run(cmd: Cmd) -> Result<ExitCode, String> {
             let limits = [
                 ("idle_timeout_ms", idle_timeout_ms),
                 ("sweep_interval_ms", sweep_interval_ms),
+                ("stream_window_bytes", stream_window_bytes),
             ]
             .into_iter()
             .filter_map(|(k, v)| Some((k.to_owned(), v?)))

@@ -277,3 +277,56 @@ fn the_tunnel_stays_usable_after_resets() {
     echo_roundtrip(rig.listener("echo"), &payload(5, 300_000)).expect("echo after resets");
     assert_eq!(rig.agent.sessions_established(), 1, "no reconnect needed");
 }
+
+/// Reads `s` to its end in pieces of up to `piece` bytes, pausing after every `every` bytes,
+/// so that the sender keeps finding the socket full and then room again.
+fn read_with_pauses(s: &mut std::net::TcpStream, piece: usize, every: usize) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut buf = vec![0u8; piece];
+    let mut since_pause = 0;
+    loop {
+        let n = s.read(&mut buf).expect("read");
+        if n == 0 {
+            return out;
+        }
+        out.extend_from_slice(&buf[..n]);
+        since_pause += n;
+        if since_pause >= every {
+            since_pause = 0;
+            std::thread::sleep(std::time::Duration::from_millis(15));
+        }
+    }
+}
+
+const PAUSED_LEN: usize = 6 << 20;
+
+#[test]
+fn a_target_that_reads_in_fits_and_starts_gets_every_byte_in_order() {
+    // The agent writes to the target directly while it keeps up and queues once its socket
+    // is full: bytes written either way must come out in order.
+    let target = spawn_target(|mut conn| {
+        let got = read_with_pauses(&mut conn, 7_000, 300_000);
+        let _ = conn.write_all(format!("{} {}", got.len(), sha256(&got)).as_bytes());
+    });
+    let rig = Rig::start("pausedtarget", &[("slow", target)], "");
+    let data = payload(7, PAUSED_LEN);
+    let back = exchange(rig.listener("slow"), &data).expect("exchange through the tunnel");
+    assert_eq!(
+        String::from_utf8_lossy(&back),
+        format!("{} {}", data.len(), sha256(&data)),
+        "what the target received (length and checksum)"
+    );
+}
+
+#[test]
+fn a_client_that_reads_in_fits_and_starts_gets_every_byte_in_order() {
+    // The same for the hub's writes to the client.
+    let target = spawn_target(|mut conn| {
+        let _ = conn.write_all(&payload(8, PAUSED_LEN));
+    });
+    let rig = Rig::start("pausedclient", &[("fast", target)], "");
+    let mut conn = client(rig.listener("fast"));
+    let got = read_with_pauses(&mut conn, 5_000, 250_000);
+    assert_eq!(got.len(), PAUSED_LEN, "bytes the client received");
+    assert_eq!(sha256(&got), sha256(&payload(8, PAUSED_LEN)), "checksum");
+}

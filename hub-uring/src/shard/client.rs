@@ -112,6 +112,9 @@ async fn pump(
     credit: Rc<Notify>,
     metrics: ConnectorMetrics,
 ) {
+    // Dropped (here, or if the task is cancelled) before `stream`, so the mailbox never
+    // keeps the socket open.
+    let _attached = mailbox.attach(&stream);
     // Only the driver's own receive loop is allocated: each is smaller than both together.
     let up: std::pin::Pin<Box<dyn std::future::Future<Output = Outcome> + '_>> =
         match shard.recv_ring {
@@ -385,7 +388,9 @@ async fn agent_to_client(
             ToClient::OpenOk => {}
             ToClient::Data(bytes) => {
                 let n = bytes.len();
+                mailbox.set_writing(true);
                 let BufResult(result, bytes) = writer.write_all(bytes).await;
+                mailbox.set_writing(false);
                 shard.pool.give(bytes);
                 if result.is_err() {
                     session.client_reset(id);

@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use compio::buf::IoBuf;
+use compio::net::TcpStream;
 use nowconnect_core::frame::{FrameDecoder, RstCode, StreamId};
 use nowconnect_core::heartbeat::{Heartbeat, HeartbeatAction};
 use nowconnect_core::name::ConnectorName;
@@ -45,11 +46,19 @@ pub(crate) enum ToClient {
 
 /// A stream's inbox: what the session delivers to the client task, in order. Its queue keeps
 /// its allocation, so steady traffic allocates nothing; the window bounds what it holds.
+///
+/// While the client task has nothing queued and no write under way, the session writes the
+/// agent's bytes to the client's socket itself ([`Mailbox::send_now`]): what the socket takes
+/// at once needs no copy into a pooled buffer and no wake-up of the client task.
 #[derive(Default)]
 pub(crate) struct Mailbox {
     items: RefCell<VecDeque<ToClient>>,
     closed: Cell<bool>,
     notify: Notify,
+    /// The client's socket while its task holds it open ([`Mailbox::attach`]).
+    socket: RefCell<Option<TcpStream>>,
+    /// The client task is writing a message it took.
+    writing: Cell<bool>,
 }
 
 impl Mailbox {
@@ -65,6 +74,33 @@ impl Mailbox {
         self.notify.notify_one();
     }
 
+    /// Writes what the client's socket takes of `data` at once, without waiting, when nothing
+    /// is queued or being written before it; returns how many bytes that was. Any failure
+    /// leaves the bytes to the client task, whose own write then reports it.
+    fn send_now(&self, data: &[u8]) -> usize {
+        if self.writing.get() || self.closed.get() || !self.items.borrow().is_empty() {
+            return 0;
+        }
+        match &*self.socket.borrow() {
+            Some(socket) => socket2::SockRef::from(socket)
+                .send_with_flags(data, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL)
+                .unwrap_or(0),
+            None => 0,
+        }
+    }
+
+    /// Lets the session write to `socket` directly until the returned guard is dropped, so
+    /// that the client task alone decides when the socket closes.
+    pub(crate) fn attach(&self, socket: &TcpStream) -> impl Drop + '_ {
+        *self.socket.borrow_mut() = Some(socket.clone());
+        Detach(self)
+    }
+
+    /// Marks the client task as writing a message it took (or done with it).
+    pub(crate) fn set_writing(&self, writing: bool) {
+        self.writing.set(writing);
+    }
+
     /// The next message, or `None` once the stream is gone and everything was taken.
     pub(crate) async fn recv(&self) -> Option<ToClient> {
         loop {
@@ -76,6 +112,15 @@ impl Mailbox {
             }
             self.notify.notified().await;
         }
+    }
+}
+
+/// Forgets a mailbox's socket when the client task lets go of it.
+struct Detach<'a>(&'a Mailbox);
+
+impl Drop for Detach<'_> {
+    fn drop(&mut self) {
+        self.0.socket.borrow_mut().take();
     }
 }
 
@@ -465,12 +510,19 @@ impl SessionCtx {
                 }
             }
             Event::Data { id, data } => {
+                let mut sent = 0;
                 if let Some(slot) = self.slots.borrow().get(&id) {
                     slot.metrics.bytes_to_client(data.len() as u64);
-                    let mut buf = self.shard.pool.take();
-                    buf.clear();
-                    buf.extend_from_slice(data);
-                    slot.mailbox.send(ToClient::Data(buf));
+                    sent = slot.mailbox.send_now(data);
+                    if sent < data.len() {
+                        let mut buf = self.shard.pool.take();
+                        buf.clear();
+                        buf.extend_from_slice(&data[sent..]);
+                        slot.mailbox.send(ToClient::Data(buf));
+                    }
+                }
+                if sent > 0 {
+                    self.consumed(id, sent);
                 }
             }
             Event::Finished { id, closed } => {
@@ -788,5 +840,42 @@ impl From<io::Error> for Ending {
             code: CloseCode::GOING_AWAY,
             reason: "connection failed",
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use compio::io::AsyncReadExt;
+
+    #[test]
+    fn the_session_writes_directly_only_when_nothing_waits_before() {
+        compio::runtime::Runtime::new().unwrap().block_on(async {
+            let listener = compio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            let (ours, accepted) =
+                futures_util::future::join(TcpStream::connect(addr), listener.accept()).await;
+            let (ours, mut peer) = (ours.unwrap(), accepted.unwrap().0);
+            let mailbox = Mailbox::default();
+            assert_eq!(mailbox.send_now(b"x"), 0, "no socket attached yet");
+            let attached = mailbox.attach(&ours);
+            assert_eq!(mailbox.send_now(b"abc"), 3);
+            mailbox.send(ToClient::Fin);
+            assert_eq!(mailbox.send_now(b"def"), 0, "a message is queued");
+            assert!(matches!(mailbox.recv().await, Some(ToClient::Fin)));
+            mailbox.set_writing(true);
+            assert_eq!(mailbox.send_now(b"def"), 0, "the client task is writing");
+            mailbox.set_writing(false);
+            assert_eq!(mailbox.send_now(b"def"), 3);
+            drop(attached);
+            assert_eq!(
+                mailbox.send_now(b"ghi"),
+                0,
+                "the client task let go of the socket"
+            );
+            drop(ours);
+            let (_, got) = peer.read_to_end(Vec::new()).await.unwrap();
+            assert_eq!(got, b"abcdef");
+        });
     }
 }
