@@ -18,6 +18,7 @@ use crate::dpop::DpopKey;
 use crate::health::Readiness;
 use crate::proxy::Proxies;
 use crate::session::{self, SessionParams};
+use crate::threads::LaneThreads;
 use crate::token::{self, read_token};
 
 /// What every lane of every hub shares.
@@ -49,6 +50,8 @@ pub(crate) struct Agent {
     /// Held by every task that must finish before the process exits; the receiver sees the
     /// channel close once they all have.
     pub(crate) alive: mpsc::Sender<()>,
+    /// The threads lanes and their streams run on.
+    pub(crate) threads: LaneThreads,
 }
 
 /// Resolves once shutdown begins (or nobody can begin it any more).
@@ -67,7 +70,7 @@ pub(crate) async fn run_hub(agent: Arc<Agent>, hub: usize) {
     let known = Arc::new(AtomicU32::new(initial));
     let placement = Arc::new(Placement::default());
     let spawn_lane = |lane: u32| {
-        tokio::spawn(run_lane(
+        agent.threads.spawn(run_lane(
             Arc::clone(&agent),
             hub,
             lane,

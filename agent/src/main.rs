@@ -12,10 +12,10 @@
 //! - [`health`]: `/healthz`, `/readyz` and readiness bookkeeping.
 //! - [`clock`]: the monotonic `now` the core is handed.
 //!
-//! The runtime is tokio's multi-threaded scheduler: the agent is one process serving many
-//! independent streams (each two tasks) and possibly TLS to several hubs, and spreading those
-//! over the machine's cores costs nothing in the design, since the only state shared between
-//! tasks is each session's mutex, held for short synchronous steps.
+//! The lanes run on [`threads`]: one current-thread tokio runtime per core, each lane with all
+//! of its streams' tasks on one of them, so that passing bytes between a session and its
+//! streams never wakes another thread. The main thread runs its own current-thread runtime
+//! for the rest: signals, the token file, the health endpoint.
 #![forbid(unsafe_code)]
 
 mod backoff;
@@ -27,6 +27,7 @@ mod lanes;
 mod proxy;
 mod session;
 mod stream;
+mod threads;
 mod tls;
 mod token;
 mod wire;
@@ -127,7 +128,15 @@ fn main() -> ExitCode {
         None
     };
 
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let threads = match threads::LaneThreads::start(cores) {
+        Ok(threads) => threads,
+        Err(err) => {
+            eprintln!("nowconnect-agent: cannot start the lane threads: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {
@@ -137,7 +146,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let code = runtime.block_on(run(config, tls, proxies, dpop));
+    let code = runtime.block_on(run(config, tls, proxies, dpop, threads));
     // A DNS lookup stuck in a blocking thread must not hold up the exit.
     runtime.shutdown_timeout(Duration::from_secs(1));
     code
@@ -168,6 +177,7 @@ async fn run(
     tls: Option<Arc<rustls::ClientConfig>>,
     proxies: Proxies,
     dpop: Option<DpopKey>,
+    threads: threads::LaneThreads,
 ) -> ExitCode {
     let readiness = Arc::new(Readiness::new(config.hub_urls.len()));
     if let Some(addr) = config.health_addr {
@@ -191,6 +201,7 @@ async fn run(
         hubs = %config.hub_urls.iter().map(|u| u.as_str()).collect::<Vec<_>>().join(","),
         connectors = %config.connectors.keys().map(|c| c.as_str()).collect::<Vec<_>>().join(","),
         lanes = ?config.lanes,
+        threads = threads.len(),
         software = SOFTWARE,
         "agent starting"
     );
@@ -236,6 +247,7 @@ async fn run(
         readiness,
         shutdown: shutdown_rx,
         alive: alive_tx,
+        threads,
     });
     for hub in 0..hubs {
         tokio::spawn(lanes::run_hub(Arc::clone(&agent), hub));
