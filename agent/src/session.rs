@@ -45,7 +45,7 @@ const TICK: Duration = Duration::from_secs(1);
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Size of the buffer the hub's bytes are read into.
-const READ_BUF: usize = 64 * 1024;
+const READ_BUF: usize = 256 * 1024;
 
 /// What the session's tasks and its streams' tasks share.
 pub(crate) struct Link {

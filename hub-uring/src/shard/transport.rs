@@ -129,7 +129,7 @@ impl rustls::server::danger::ClientCertVerifier for BindingOnly {
 }
 
 /// Bytes read from the socket at a time.
-const READ_CHUNK: usize = 64 * 1024;
+const READ_CHUNK: usize = 256 * 1024;
 
 /// One agent connection. Cheap to clone: clones share the socket and the TLS state; each
 /// clone keeps its own scratch buffers for ciphertext, reused from call to call.
