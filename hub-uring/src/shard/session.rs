@@ -589,19 +589,22 @@ impl SessionCtx {
                     return ending;
                 }
             }
-            let read = futures_util::future::select(
-                Box::pin(reader.read(buf)),
-                Box::pin(self.wait_ended()),
-            )
-            .await;
-            let (result, returned) = match read {
-                futures_util::future::Either::Left(((result, returned), _)) => (result, returned),
-                futures_util::future::Either::Right(_) => {
-                    return self.ended.get().unwrap_or(Ending {
-                        code: CloseCode::NORMAL,
-                        reason: "ended",
-                    });
+            // Pinned on the stack: a read per message must not cost an allocation.
+            let read = {
+                let read = std::pin::pin!(reader.read(buf));
+                let ended = std::pin::pin!(self.wait_ended());
+                match futures_util::future::select(read, ended).await {
+                    futures_util::future::Either::Left(((result, returned), _)) => {
+                        Some((result, returned))
+                    }
+                    futures_util::future::Either::Right(_) => None,
                 }
+            };
+            let Some((result, returned)) = read else {
+                return self.ended.get().unwrap_or(Ending {
+                    code: CloseCode::NORMAL,
+                    reason: "ended",
+                });
             };
             buf = returned;
             match result {
