@@ -1025,6 +1025,69 @@ pub fn payload(seed: u64, len: usize) -> Vec<u8> {
     out
 }
 
+/// A certificate authority for tests, its certificate written to `ca.pem` in a directory.
+pub struct TestCa {
+    issuer: rcgen::CertifiedIssuer<'static, rcgen::KeyPair>,
+    /// The CA's certificate, PEM: the bundle a hub or an agent is told to trust.
+    pub file: PathBuf,
+}
+
+impl TestCa {
+    /// A new CA named `common_name`, written to `ca.pem` in `dir`.
+    pub fn new(dir: &TempDir, common_name: &str) -> TestCa {
+        use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyUsagePurpose};
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(DnType::CommonName, common_name);
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        let issuer =
+            rcgen::CertifiedIssuer::self_signed(params, rcgen::KeyPair::generate().unwrap())
+                .unwrap();
+        let file = dir.join("ca.pem");
+        std::fs::write(&file, issuer.pem()).unwrap();
+        TestCa { issuer, file }
+    }
+
+    /// A server certificate for `hosts` (names or IP addresses) that this CA signed, written
+    /// as `<name>.crt` and `<name>.key` in `dir`.
+    pub fn server(&self, dir: &TempDir, name: &str, hosts: &[&str]) -> (PathBuf, PathBuf) {
+        let hosts: Vec<String> = hosts.iter().map(|h| (*h).to_owned()).collect();
+        let params = rcgen::CertificateParams::new(hosts).unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        write_cert_pair(dir, name, &cert.pem(), &key.serialize_pem())
+    }
+}
+
+/// An agent's client certificate named `name`, signed by `ca` or else self-signed, written as
+/// `<name>.crt` and `<name>.key` in `dir`; returns the two files and the certificate's DER.
+pub fn client_cert(dir: &TempDir, name: &str, ca: Option<&TestCa>) -> (PathBuf, PathBuf, Vec<u8>) {
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, name);
+    params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = match ca {
+        Some(ca) => params.signed_by(&key, &ca.issuer).unwrap(),
+        None => params.self_signed(&key).unwrap(),
+    };
+    let (cert_file, key_file) = write_cert_pair(dir, name, &cert.pem(), &key.serialize_pem());
+    (cert_file, key_file, cert.der().to_vec())
+}
+
+fn write_cert_pair(dir: &TempDir, name: &str, cert: &str, key: &str) -> (PathBuf, PathBuf) {
+    let (cert_file, key_file) = (
+        dir.join(&format!("{name}.crt")),
+        dir.join(&format!("{name}.key")),
+    );
+    std::fs::write(&cert_file, cert).unwrap();
+    std::fs::write(&key_file, key).unwrap();
+    (cert_file, key_file)
+}
+
 /// The RFC 8705 thumbprint of a DER certificate (`cnf.x5t#S256`): base64url SHA-256.
 pub fn x5t_s256(der: &[u8]) -> String {
     URL_SAFE_NO_PAD.encode(digest::digest(&digest::SHA256, der))

@@ -4,36 +4,14 @@
 use std::path::PathBuf;
 
 use nowconnect_tests::*;
-use rcgen::{
-    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair, KeyUsagePurpose,
-};
 use serde_json::Value;
 
 /// A test CA and a hub certificate it signed for `localhost` and 127.0.0.1, written to
 /// `dir`: (CA bundle, hub chain, hub key).
 fn private_ca(dir: &TempDir) -> (PathBuf, PathBuf, PathBuf) {
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(DnType::CommonName, "NowConnect e2e test CA");
-    ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
-
-    let mut params =
-        CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()]).unwrap();
-    params
-        .distinguished_name
-        .push(DnType::CommonName, "localhost");
-    let key = KeyPair::generate().unwrap();
-    let cert = params.signed_by(&key, &ca).unwrap();
-
-    let (ca_file, chain_file, key_file) =
-        (dir.join("ca.pem"), dir.join("hub.crt"), dir.join("hub.key"));
-    std::fs::write(&ca_file, ca.pem()).unwrap();
-    std::fs::write(&chain_file, cert.pem()).unwrap();
-    std::fs::write(&key_file, key.serialize_pem()).unwrap();
-    (ca_file, chain_file, key_file)
+    let ca = TestCa::new(dir, "NowConnect e2e test CA");
+    let (chain_file, key_file) = ca.server(dir, "hub", &["localhost", "127.0.0.1"]);
+    (ca.file, chain_file, key_file)
 }
 
 /// A hub with TLS from a private CA; returns the site and the CA bundle.

@@ -16,10 +16,6 @@ use std::path::{Path, PathBuf};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use nowconnect_tests::*;
-use rcgen::{
-    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
-    KeyPair, KeyUsagePurpose,
-};
 use serde_json::Value;
 
 /// The scope every client asks for: the `echo` connector and nothing else.
@@ -260,59 +256,6 @@ fn assert_serves(site: &Site, agent: &Agent, seed: u64) {
 // ---------------------------------------------------------------------------------------------
 // Certificates
 
-/// A private CA that signs the TLS server certificates of the provider and the hub, written
-/// to `dir/ca.pem`.
-struct Ca {
-    issuer: CertifiedIssuer<'static, KeyPair>,
-    file: PathBuf,
-}
-
-impl Ca {
-    fn new(dir: &TempDir) -> Ca {
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params
-            .distinguished_name
-            .push(DnType::CommonName, "NowConnect identity provider test CA");
-        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-        let issuer = CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap();
-        let file = dir.join("ca.pem");
-        std::fs::write(&file, issuer.pem()).unwrap();
-        Ca { issuer, file }
-    }
-
-    /// A server certificate for `host` (a name or an IP address), as `<name>.crt` and
-    /// `<name>.key` in `dir`.
-    fn server(&self, dir: &TempDir, name: &str, host: &str) -> (PathBuf, PathBuf) {
-        let params = CertificateParams::new(vec![host.to_owned()]).unwrap();
-        let key = KeyPair::generate().unwrap();
-        let cert = params.signed_by(&key, &self.issuer).unwrap();
-        write_pair(dir, name, &cert.pem(), &key.serialize_pem())
-    }
-}
-
-/// A self-signed agent client certificate, as `<name>.crt` and `<name>.key` in `dir`, with
-/// its DER.
-fn client_cert(dir: &TempDir, name: &str) -> (PathBuf, PathBuf, Vec<u8>) {
-    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    params.distinguished_name.push(DnType::CommonName, name);
-    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-    let key = KeyPair::generate().unwrap();
-    let cert = params.self_signed(&key).unwrap();
-    let (cert_file, key_file) = write_pair(dir, name, &cert.pem(), &key.serialize_pem());
-    (cert_file, key_file, cert.der().to_vec())
-}
-
-fn write_pair(dir: &TempDir, name: &str, cert: &str, key: &str) -> (PathBuf, PathBuf) {
-    let (cert_file, key_file) = (
-        dir.join(&format!("{name}.crt")),
-        dir.join(&format!("{name}.key")),
-    );
-    std::fs::write(&cert_file, cert).unwrap();
-    std::fs::write(&key_file, key).unwrap();
-    (cert_file, key_file)
-}
-
 // ---------------------------------------------------------------------------------------------
 // Tests
 
@@ -450,9 +393,9 @@ fn with_dpop_required_the_plain_token_is_refused_and_a_bound_one_served() {
 #[test]
 fn a_certificate_bound_token_works_only_with_its_certificate() {
     let pki = TempDir::new("idp-mtls-pki");
-    let ca = Ca::new(&pki);
-    let (idp_cert, idp_key) = ca.server(&pki, "idp", "127.0.0.1");
-    let (hub_cert, hub_key) = ca.server(&pki, "hub", "localhost");
+    let ca = TestCa::new(&pki, "NowConnect identity provider test CA");
+    let (idp_cert, idp_key) = ca.server(&pki, "idp", &["127.0.0.1"]);
+    let (hub_cert, hub_key) = ca.server(&pki, "hub", &["localhost"]);
     let idp = Idp::start(Some((&idp_cert, &idp_key)));
     // TLS on the tunnel, client certificates optional and trusted only through the binding.
     let site = site(
@@ -465,8 +408,8 @@ fn a_certificate_bound_token_works_only_with_its_certificate() {
             config.tls_extra = "client_auth: optional".to_owned();
         },
     );
-    let (cert_a, key_a, der_a) = client_cert(&pki, "agent-a");
-    let (cert_b, key_b, _) = client_cert(&pki, "agent-b");
+    let (cert_a, key_a, der_a) = client_cert(&pki, "agent-a", None);
+    let (cert_b, key_b, _) = client_cert(&pki, "agent-b", None);
 
     // The token request presents certificate A over TLS.
     let endpoint = idp

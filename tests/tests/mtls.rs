@@ -5,65 +5,23 @@
 use std::path::PathBuf;
 
 use nowconnect_tests::*;
-use rcgen::{
-    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
-    KeyPair, KeyUsagePurpose,
-};
 use serde_json::json;
 
 /// A private CA, written to `dir/ca.pem`, with the hub's certificate for `localhost`.
 struct Pki {
-    ca: CertifiedIssuer<'static, KeyPair>,
-    ca_file: PathBuf,
+    ca: TestCa,
     hub_chain: PathBuf,
     hub_key: PathBuf,
 }
 
 fn pki(dir: &TempDir) -> Pki {
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(DnType::CommonName, "NowConnect mTLS test CA");
-    ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
-    let params = CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
-    let key = KeyPair::generate().unwrap();
-    let cert = params.signed_by(&key, &ca).unwrap();
-    let pki = Pki {
-        ca_file: dir.join("ca.pem"),
-        hub_chain: dir.join("hub.crt"),
-        hub_key: dir.join("hub.key"),
+    let ca = TestCa::new(dir, "NowConnect mTLS test CA");
+    let (hub_chain, hub_key) = ca.server(dir, "hub", &["localhost"]);
+    Pki {
         ca,
-    };
-    std::fs::write(&pki.ca_file, pki.ca.pem()).unwrap();
-    std::fs::write(&pki.hub_chain, cert.pem()).unwrap();
-    std::fs::write(&pki.hub_key, key.serialize_pem()).unwrap();
-    pki
-}
-
-/// An agent client certificate, signed by `ca` or self-signed, written to `dir` as
-/// `<name>.crt`/`<name>.key`; returns the two files and the certificate's DER.
-fn agent_cert(
-    dir: &TempDir,
-    name: &str,
-    ca: Option<&CertifiedIssuer<'static, KeyPair>>,
-) -> (PathBuf, PathBuf, Vec<u8>) {
-    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    params.distinguished_name.push(DnType::CommonName, name);
-    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-    let key = KeyPair::generate().unwrap();
-    let cert = match ca {
-        Some(ca) => params.signed_by(&key, ca).unwrap(),
-        None => params.self_signed(&key).unwrap(),
-    };
-    let (cert_file, key_file) = (
-        dir.join(&format!("{name}.crt")),
-        dir.join(&format!("{name}.key")),
-    );
-    std::fs::write(&cert_file, cert.pem()).unwrap();
-    std::fs::write(&key_file, key.serialize_pem()).unwrap();
-    (cert_file, key_file, cert.der().to_vec())
+        hub_chain,
+        hub_key,
+    }
 }
 
 /// A hub on TLS from `pki`, with `tls_extra` and `security_extra` added to its configuration.
@@ -72,7 +30,7 @@ fn site(tag: &str, tls_extra: &str, security_extra: &str) -> (Site, Pki) {
     let site = Site::start_with(tag, &["echo"], |config, dir| {
         let pki = pki(dir);
         config.tls = Some((pki.hub_chain.clone(), pki.hub_key.clone()));
-        config.tls_extra = tls_extra.replace("$CA", pki.ca_file.to_str().unwrap());
+        config.tls_extra = tls_extra.replace("$CA", pki.ca.file.to_str().unwrap());
         config.security_extra = security_extra.to_owned();
         made = Some(pki);
     });
@@ -87,7 +45,7 @@ fn tls_agent(
     cert: Option<(&PathBuf, &PathBuf)>,
     token: Option<&PathBuf>,
 ) -> Agent {
-    let mut env = vec![("NC_CA_FILE", pki.ca_file.to_str().unwrap())];
+    let mut env = vec![("NC_CA_FILE", pki.ca.file.to_str().unwrap())];
     if let Some((chain, key)) = cert {
         env.push(("NC_CLIENT_CERT", chain.to_str().unwrap()));
         env.push(("NC_CLIENT_KEY", key.to_str().unwrap()));
@@ -148,7 +106,7 @@ fn a_hub_requiring_certificates_serves_an_agent_with_one_from_its_ca() {
         "client_auth: required, client_ca_file: \"$CA\"",
         "",
     );
-    let (cert, key, _) = agent_cert(&site.dir, "agent", Some(&pki.ca));
+    let (cert, key, _) = client_cert(&site.dir, "agent", Some(&pki.ca));
     let agent = tls_agent(&site, &pki, Some((&cert, &key)), None);
     site.hub.wait_sessions(AGENT_ID, 1);
     agent.wait_ready();
@@ -164,7 +122,7 @@ fn a_hub_requiring_certificates_refuses_agents_without_one_or_with_a_foreign_one
         "client_auth: required, client_ca_file: \"$CA\"",
         "",
     );
-    let (cert, key, _) = agent_cert(&site.dir, "stranger", None);
+    let (cert, key, _) = client_cert(&site.dir, "stranger", None);
     let bare = tls_agent(&site, &pki, None, None);
     let foreign = tls_agent(&site, &pki, Some((&cert, &key)), None);
     // Each side names the problem: no certificate, or one from an unknown issuer.
@@ -207,8 +165,8 @@ fn a_certificate_bound_token_works_only_with_its_certificate() {
         "mtls: { require_bound_tokens: true }",
     );
     // Self-signed certificates: the hub trusts them only through the token's binding.
-    let (cert_a, key_a, der_a) = agent_cert(&site.dir, "agent-a", None);
-    let (cert_b, key_b, _) = agent_cert(&site.dir, "agent-b", None);
+    let (cert_a, key_a, der_a) = client_cert(&site.dir, "agent-a", None);
+    let (cert_b, key_b, _) = client_cert(&site.dir, "agent-b", None);
     let bound = site.dir.join("bound-token");
     write_atomically(
         &bound,
@@ -263,7 +221,7 @@ fn a_certificate_bound_token_works_only_with_its_certificate() {
 #[test]
 fn a_certificate_bound_token_is_refused_on_a_plain_tunnel() {
     let site = Site::start("mtls-plain", &["echo"]);
-    let (_, _, der) = agent_cert(&site.dir, "agent", None);
+    let (_, _, der) = client_cert(&site.dir, "agent", None);
     write_atomically(
         &site.token_file,
         site.key
