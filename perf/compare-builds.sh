@@ -42,10 +42,9 @@ cleanup() {
 }
 trap cleanup EXIT
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-cpu_ms() { # utime + stime of a process, in ms
-    awk -v hz="$(getconf CLK_TCK)" '{ sub(/^.*\) /, ""); print ($12 + $13) * 1000 / hz }' "/proc/$1/stat"
-}
+# shellcheck source=perf/lib.sh
+source "$ROOT/perf/lib.sh"
+HZ=$(getconf CLK_TCK)
 
 ECHO=127.0.0.1:$(free_port)
 "$LOADGEN" target echo --listen "$ECHO" >"$WORK/echo.log" 2>&1 &
@@ -62,11 +61,12 @@ measure() {
     for _ in $(seq 100); do [[ -s $out ]] && break; sleep 0.1; done
     line=$(head -1 "$out")
     read -r hub agent addr < <(python3 -c 'import json,sys; d=json.loads(sys.argv[1]); print(d["hub_pid"], d["agent_pid"], d["listeners"]["echo"])' "$line")
-    h0=$(cpu_ms "$hub")
-    a0=$(cpu_ms "$agent")
+    h0=$(cpu_ticks "$hub")
+    a0=$(cpu_ticks "$agent")
     "$LOADGEN" "$@" --addr "$addr" --json "$WORK/$name-$round-$scenario.json" >/dev/null
-    printf '{"hub_cpu_ms": %s, "agent_cpu_ms": %s}\n' "$(awk -v a="$(cpu_ms "$hub")" -v b="$h0" 'BEGIN { print a - b }')" \
-        "$(awk -v a="$(cpu_ms "$agent")" -v b="$a0" 'BEGIN { print a - b }')" >"$WORK/$name-$round-$scenario.cpu.json"
+    printf '{"hub_cpu_ms": %s, "agent_cpu_ms": %s}\n' \
+        $((($(cpu_ticks "$hub") - h0) * 1000 / HZ)) $((($(cpu_ticks "$agent") - a0) * 1000 / HZ)) \
+        >"$WORK/$name-$round-$scenario.cpu.json"
     kill "$stack"
     wait "$stack" 2>/dev/null || true
 }

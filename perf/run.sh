@@ -83,6 +83,8 @@ SHARDS=$(nproc)
 SYSTEMS="direct uring epoll rathole bore"
 BUILD=1
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# shellcheck source=perf/lib.sh
+source "$ROOT/perf/lib.sh"
 OUT=$ROOT/perf/results
 REPORT=$ROOT/perf/RESULTS.md
 RATHOLE_VERSION=0.5.0
@@ -299,10 +301,6 @@ stop_started() {
     PIDS=("${keep[@]}")
 }
 
-free_port() {
-    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
-
 port_is_free() {
     python3 - "$1" <<'EOF'
 import socket, sys
@@ -353,16 +351,6 @@ wait_line() {
         sleep 0.1
     done
     return 1
-}
-
-# utime+stime of PID in clock ticks (fields 14 and 15 of /proc/PID/stat); nothing if the
-# process is gone.
-cpu_ticks() {
-    local stat f
-    stat=$(<"/proc/$1/stat") 2>/dev/null || return 0
-    stat=${stat##*) } # drop "pid (comm) ": field 3 is now index 0
-    read -r -a f <<<"$stat"
-    echo $((f[11] + f[12]))
 }
 
 # VmRSS of PID in KiB; nothing if the process is gone.
