@@ -20,9 +20,14 @@ pub struct ShardRuntime {
     pub driver: &'static str,
 }
 
-/// Entries in each io_uring submission queue: enough for a shard's accepts, reads and writes
-/// in flight between two polls.
-const RING_ENTRIES: u32 = 4096;
+/// Entries in each io_uring submission queue (and the epoll events taken per wait). A full
+/// queue is submitted and refilled, so this bounds a batch, not the operations in flight.
+/// The kernel keeps the rings in memory it cannot page out: 64 bytes per submission entry.
+const RING_ENTRIES: u32 = 256;
+
+/// Entries in each io_uring completion queue: room for a burst of completions from many
+/// streams (16 bytes each) without falling back on the kernel's slower overflow list.
+const COMPLETION_ENTRIES: u32 = 4096;
 
 /// The provided-buffer ring a shard's client receives draw from under io_uring.
 #[derive(Clone, Copy, Debug)]
@@ -36,7 +41,7 @@ pub struct RecvRing {
 /// Builds the runtime of one shard on the calling thread.
 pub fn build(driver: Driver, ring: RecvRing) -> io::Result<ShardRuntime> {
     let mut proactor = ProactorBuilder::new();
-    proactor.capacity(RING_ENTRIES);
+    proactor.capacity(RING_ENTRIES).cqsize(COMPLETION_ENTRIES);
     proactor
         .buffer_pool_size(
             std::num::NonZero::new(ring.buffers.max(1)).unwrap_or(std::num::NonZero::<u16>::MIN),

@@ -86,13 +86,12 @@ pub(crate) async fn serve(
             return reject(RejectReason::NoAgent);
         }
     }
-    let Some((id, mailbox, credit)) = session.open_stream(&info.connector, peer, metrics.clone())
-    else {
+    let Some((id, mailbox)) = session.open_stream(&info.connector, peer, metrics.clone()) else {
         return reject(RejectReason::Overload);
     };
     metrics.stream_opened();
     let _ = stream.set_nodelay(true);
-    pump(shard, session, id, stream, mailbox, credit, metrics).await;
+    pump(shard, session, id, stream, mailbox, metrics).await;
 }
 
 /// How a direction ended.
@@ -109,7 +108,6 @@ async fn pump(
     id: StreamId,
     stream: TcpStream,
     mailbox: Rc<Mailbox>,
-    credit: Rc<Notify>,
     metrics: ConnectorMetrics,
 ) {
     // Dropped (here, or if the task is cancelled) before `stream`, so the mailbox never
@@ -124,7 +122,7 @@ async fn pump(
                 id,
                 stream.clone(),
                 buffer_len,
-                &credit,
+                &mailbox.credit,
                 &metrics,
             )),
             None => Box::pin(client_to_agent(
@@ -132,7 +130,7 @@ async fn pump(
                 &session,
                 id,
                 stream.clone(),
-                &credit,
+                &mailbox.credit,
                 &metrics,
             )),
         };
@@ -389,7 +387,10 @@ async fn agent_to_client(
             ToClient::Data(bytes) => {
                 let n = bytes.len();
                 mailbox.set_writing(true);
-                let BufResult(result, bytes) = writer.write_all(bytes).await;
+                // Boxed, like the shutdown below: only what the session could not write
+                // straight away comes here, and an idle stream's task stays small without
+                // room for a write it is not doing.
+                let BufResult(result, bytes) = Box::pin(writer.write_all(bytes)).await;
                 mailbox.set_writing(false);
                 shard.pool.give(bytes);
                 if result.is_err() {
@@ -399,7 +400,7 @@ async fn agent_to_client(
                 session.consumed(id, n);
             }
             ToClient::Fin => {
-                let _ = writer.shutdown().await;
+                let _ = Box::pin(writer.shutdown()).await;
             }
             ToClient::Reset(reason) => {
                 tracing::debug!(stream = %id, reason = reason.as_str(), "stream reset");

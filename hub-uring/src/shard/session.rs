@@ -55,6 +55,8 @@ pub(crate) struct Mailbox {
     items: RefCell<VecDeque<ToClient>>,
     closed: Cell<bool>,
     notify: Notify,
+    /// Wakes the client's reader when the agent returns credit.
+    pub(crate) credit: Notify,
     /// The client's socket while its task holds it open ([`Mailbox::attach`]).
     socket: RefCell<Option<TcpStream>>,
     /// The client task is writing a message it took.
@@ -127,7 +129,6 @@ impl Drop for Detach<'_> {
 /// A client connection as its session sees it.
 struct Slot {
     mailbox: Rc<Mailbox>,
-    credit: Rc<Notify>,
     open_deadline: Option<Millis>,
     opened_at: Instant,
     metrics: ConnectorMetrics,
@@ -252,26 +253,24 @@ impl SessionCtx {
         connector: &ConnectorName,
         peer: SocketAddr,
         metrics: ConnectorMetrics,
-    ) -> Option<(StreamId, Rc<Mailbox>, Rc<Notify>)> {
+    ) -> Option<(StreamId, Rc<Mailbox>)> {
         if self.ended.get().is_some() {
             return None;
         }
         let now = self.shard.now();
         let id = self.core.borrow_mut().open(now, connector, peer).ok()?;
         let mailbox = Rc::new(Mailbox::default());
-        let credit = Rc::new(Notify::new());
         self.slots.borrow_mut().insert(
             id,
             Slot {
                 mailbox: mailbox.clone(),
-                credit: credit.clone(),
                 open_deadline: Some(now + self.open_timeout_ms),
                 opened_at: Instant::now(),
                 metrics,
             },
         );
         self.flush_transmit();
-        Some((id, mailbox, credit))
+        Some((id, mailbox))
     }
 
     /// Bytes the client's stream may send now, capped at one frame.
@@ -544,7 +543,7 @@ impl SessionCtx {
             }
             Event::Writable { id, .. } => {
                 if let Some(slot) = self.slots.borrow().get(&id) {
-                    slot.credit.notify_one();
+                    slot.mailbox.credit.notify_one();
                 }
             }
             Event::Opened { .. } => {}
