@@ -12,9 +12,8 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 
 use compio::BufResult;
-use compio::buf::{IntoInner, IoBuf};
 use compio::driver::ErrorExt;
-use compio::io::{AsyncRead, AsyncReadMulti, AsyncWrite, AsyncWriteExt};
+use compio::io::{AsyncReadMulti, AsyncWrite, AsyncWriteExt};
 use compio::net::TcpStream;
 use compio::runtime::{CancelToken, StreamExt as _};
 use futures_util::StreamExt;
@@ -23,7 +22,7 @@ use nowconnect_core::frame::StreamId;
 use tokio::sync::Notify;
 
 use super::ShardCtx;
-use super::pool::HEADROOM;
+use super::pool::receive_now;
 use super::ring::RecvBuf;
 use super::session::{Mailbox, SessionCtx, ToClient};
 use crate::metrics::{ConnectorMetrics, RejectReason};
@@ -156,12 +155,13 @@ async fn client_to_agent(
     shard: &ShardCtx,
     session: &SessionCtx,
     id: StreamId,
-    mut reader: TcpStream,
+    reader: TcpStream,
     credit: &Notify,
     metrics: &ConnectorMetrics,
 ) -> Outcome {
-    // Readiness is awaited without a buffer, so an idle client holds none. After a read that
-    // filled its buffer more bytes are likely waiting, and the next read goes straight on.
+    // Readiness is awaited without a buffer, so an idle client holds none, and the reads
+    // themselves never wait: a stream's task keeps no room for a read under way. After a read
+    // that filled its buffer more bytes are likely waiting, and the next read goes straight on.
     let Ok(readiness) = reader.to_poll_fd() else {
         session.client_reset(id);
         return Outcome::Reset;
@@ -172,9 +172,10 @@ async fn client_to_agent(
             session.client_reset(id);
             return Outcome::Reset;
         }
-        match read_pooled(shard, session, id, &mut reader, credit, metrics).await {
+        match read_pooled(shard, session, id, &reader, credit, metrics).await {
             Read::Bytes { filled } => drained = !filled,
             Read::NoCredit => drained = false,
+            Read::NotReady => drained = true,
             Read::End(outcome) => return outcome,
         }
     }
@@ -186,17 +187,20 @@ enum Read {
     Bytes { filled: bool },
     /// The stream had no credit; it has been waited for.
     NoCredit,
+    /// The client had nothing to read after all.
+    NotReady,
     /// This direction is over.
     End(Outcome),
 }
 
-/// Reads once into a pooled buffer behind the headroom, as much as the stream's credit
-/// allows, and sends what came as one frame. Waits for credit first if there is none.
+/// Reads what the client has sent into a pooled buffer behind the headroom, as much as the
+/// stream's credit allows, without waiting for more, and sends it as one frame. Waits for
+/// credit first if there is none.
 async fn read_pooled(
     shard: &ShardCtx,
     session: &SessionCtx,
     id: StreamId,
-    reader: &mut TcpStream,
+    reader: &TcpStream,
     credit: &Notify,
     metrics: &ConnectorMetrics,
 ) -> Read {
@@ -209,10 +213,8 @@ async fn read_pooled(
         return Read::NoCredit;
     }
     let want = allowed.min(shard.pool.payload_capacity());
-    let buf = shard.pool.take();
-    let BufResult(result, slice) = reader.read(buf.slice(HEADROOM..HEADROOM + want)).await;
-    let buf = slice.into_inner();
-    match result {
+    let mut buf = shard.pool.take();
+    match receive_now(reader, &mut buf, want) {
         Ok(0) => {
             shard.pool.give(buf);
             session.finish(id);
@@ -225,6 +227,15 @@ async fn read_pooled(
                 return Read::End(Outcome::Reset);
             }
             Read::Bytes { filled: n == want }
+        }
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted
+            ) =>
+        {
+            shard.pool.give(buf);
+            Read::NotReady
         }
         Err(_) => {
             shard.pool.give(buf);
@@ -246,7 +257,7 @@ async fn client_to_agent_ring(
     shard: &ShardCtx,
     session: &SessionCtx,
     id: StreamId,
-    mut reader: TcpStream,
+    reader: TcpStream,
     buffer_len: usize,
     credit: &Notify,
     metrics: &ConnectorMetrics,
@@ -281,15 +292,8 @@ async fn client_to_agent_ring(
             Burst::RingEmpty => {
                 shard.metrics.recv_ring_exhausted();
                 // Boxed: a rare path whose state would enlarge every stream's future.
-                if let Read::End(outcome) = Box::pin(read_pooled(
-                    shard,
-                    session,
-                    id,
-                    &mut reader,
-                    credit,
-                    metrics,
-                ))
-                .await
+                if let Read::End(outcome) =
+                    Box::pin(read_pooled(shard, session, id, &reader, credit, metrics)).await
                 {
                     return outcome;
                 }

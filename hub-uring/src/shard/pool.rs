@@ -80,3 +80,93 @@ impl BufferPool {
         (free + self.in_use.get(), self.in_use.get())
     }
 }
+
+/// Receives what `socket` holds now, up to `want` bytes, into `buf` behind its headroom,
+/// without waiting: `WouldBlock` when nothing is there. `buf` is one [`BufferPool::take`]
+/// returned; on success it holds the headroom and the `n` bytes received.
+pub(crate) fn receive_now(
+    socket: &compio::net::TcpStream,
+    buf: &mut Vec<u8>,
+    want: usize,
+) -> std::io::Result<usize> {
+    debug_assert_eq!(buf.len(), HEADROOM);
+    let want = want.min(buf.capacity() - HEADROOM);
+    let n = socket2::SockRef::from(socket)
+        .recv_with_flags(&mut buf.spare_capacity_mut()[..want], libc::MSG_DONTWAIT)?;
+    #[allow(unsafe_code)]
+    // SAFETY: `recv_with_flags` initialised the first `n` bytes of the spare capacity (it
+    // returns at most `want`, which fits in it), and the headroom in front was initialised.
+    unsafe {
+        buf.set_len(HEADROOM + n)
+    };
+    Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    use super::*;
+
+    #[test]
+    fn receive_now_takes_what_is_there_and_never_waits() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut peer = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (accepted, _) = listener.accept().unwrap();
+        compio::runtime::Runtime::new()
+            .unwrap()
+            .block_on(async move {
+                let socket = compio::net::TcpStream::from_std(accepted).unwrap();
+                let pool = BufferPool::new(16, 4);
+
+                let mut buf = pool.take();
+                let nothing = receive_now(&socket, &mut buf, 16).unwrap_err();
+                assert_eq!(nothing.kind(), std::io::ErrorKind::WouldBlock);
+                assert_eq!(
+                    buf.len(),
+                    HEADROOM,
+                    "a read that found nothing leaves the buffer"
+                );
+
+                peer.write_all(b"twenty bytes of data").unwrap();
+                let mut n = 0;
+                for _ in 0..1000 {
+                    match receive_now(&socket, &mut buf, 8) {
+                        Ok(got) => {
+                            n = got;
+                            break;
+                        }
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                            std::thread::sleep(std::time::Duration::from_millis(1))
+                        }
+                        Err(e) => panic!("{e}"),
+                    }
+                }
+                assert_eq!(n, 8, "no more than asked for");
+                assert_eq!(&buf[HEADROOM..], b"twenty b");
+                pool.give(buf);
+
+                let mut buf = pool.take();
+                assert_eq!(receive_now(&socket, &mut buf, 64).unwrap(), 12, "the rest");
+                assert_eq!(&buf[HEADROOM..], b"ytes of data");
+                pool.give(buf);
+
+                drop(peer);
+                let mut buf = pool.take();
+                let mut end = None;
+                for _ in 0..1000 {
+                    match receive_now(&socket, &mut buf, 16) {
+                        Ok(got) => {
+                            end = Some(got);
+                            break;
+                        }
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                            std::thread::sleep(std::time::Duration::from_millis(1))
+                        }
+                        Err(e) => panic!("{e}"),
+                    }
+                }
+                assert_eq!(end, Some(0), "the end of stream reads as 0 bytes");
+            });
+    }
+}
