@@ -484,7 +484,32 @@ fn clients_on_a_shard_without_a_session_are_handed_to_one_that_has() {
 
 #[test]
 fn an_idle_client_holds_no_buffer() {
-    let rig = rig(&["svc"], "");
+    idle_clients_hold_no_buffer(false);
+    if test_driver() == "io_uring" {
+        idle_clients_hold_no_buffer(true);
+    }
+}
+
+/// Four idle clients pin no pooled buffer, nor with `ring` (io_uring's multishot receive into
+/// the shard's buffer ring, turned on with `hub.recv_buffers`) a ring buffer.
+fn idle_clients_hold_no_buffer(ring: bool) {
+    let dir = TempDir::new("hub");
+    let key = SigningKey::generate("k1");
+    let jwks = dir.path("jwks.json");
+    write_jwks(&jwks, &[&key]);
+    let driver = test_driver();
+    let mut yaml = hub_yaml(&jwks, &["svc"], "");
+    if ring {
+        yaml = yaml.replace(
+            &format!("driver: {driver} }}"),
+            &format!("driver: {driver}, recv_buffers: 256 }}"),
+        );
+        assert!(yaml.contains("recv_buffers: 256"));
+    }
+    let rig = Rig {
+        hub: Hub::start(dir, &yaml),
+        key,
+    };
     let mut agent = rig.agent(&["svc"]);
     let mut clients = Vec::new();
     for _ in 0..4 {
@@ -499,9 +524,9 @@ fn an_idle_client_holds_no_buffer() {
         Some(0.0),
         "idle clients must not pin receive buffers"
     );
-    if test_driver() == "io_uring" {
-        // Under io_uring the clients' receives are armed on the shard's ring, which lends a
-        // buffer only when bytes arrive.
+    if ring {
+        // The clients' receives are armed on the shard's ring, which lends a buffer only when
+        // bytes arrive.
         assert_eq!(
             rig.hub.metric("nowconnect_recv_ring_buffers{shard=\"0\"}"),
             Some(256.0)

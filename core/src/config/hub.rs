@@ -67,26 +67,17 @@ impl Default for HubConfig {
 }
 
 /// The `hub:` section: how the hub spreads work over cores.
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RuntimeConfig {
     /// How many shards (threads, one per core) to run. Default `auto`.
     pub shards: Shards,
     /// The I/O driver. Default `auto`.
     pub driver: Driver,
-    /// Buffers in each shard's io_uring provided-buffer ring for client receives. Default
-    /// 256; 8 to 16384, rounded up to a power of two. Unused under epoll.
+    /// Buffers in each shard's io_uring provided-buffer ring for client receives (multishot
+    /// receive). Default 0: no ring, clients are read when readable, as under epoll. 8 to
+    /// 16384 turn the ring on, rounded up to a power of two. Unused under epoll.
     pub recv_buffers: u32,
-}
-
-impl Default for RuntimeConfig {
-    fn default() -> Self {
-        RuntimeConfig {
-            shards: Shards::default(),
-            driver: Driver::default(),
-            recv_buffers: 256,
-        }
-    }
 }
 
 /// The number of shards: `auto` or a count.
@@ -530,7 +521,15 @@ impl HubConfig {
             "1 to 64 characters from [A-Za-z0-9._-]",
         )?;
         self.hub.shards.check("hub.shards")?;
-        check::range("hub.recv_buffers", self.hub.recv_buffers, 8, 16_384)?;
+        let buffers = self.hub.recv_buffers;
+        if buffers != 0 && !(8..=16_384).contains(&buffers) {
+            return Err(ConfigError::invalid(
+                "hub.recv_buffers",
+                buffers,
+                "is out of range",
+                "0 (no receive ring) or an integer from 8 to 16384",
+            ));
+        }
         self.validate_tunnel()?;
         self.validate_addresses()?;
         self.validate_security()?;

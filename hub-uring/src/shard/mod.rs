@@ -373,12 +373,13 @@ fn shard_thread(
         })
         .collect();
     let frame_payload = shared.config.limits.max_frame_bytes as usize;
+    let ring_on = shared.config.hub.recv_buffers > 0;
     let ctx = Rc::new(ShardCtx {
         index,
         shared,
         listeners,
         pool: BufferPool::new(frame_payload, 4096),
-        recv_ring: (rt.driver == "io_uring").then_some(ring.buffer_len),
+        recv_ring: (rt.driver == "io_uring" && ring_on).then_some(ring.buffer_len),
         metrics,
         outbound: RefCell::new(ends.outbound),
         origin: Instant::now(),

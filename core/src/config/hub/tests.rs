@@ -112,6 +112,7 @@ fn defaults_are_documented_values() {
     assert_eq!(c.replica_id, "hub");
     assert_eq!(c.hub.shards, Shards::Auto);
     assert_eq!(c.hub.driver, Driver::Auto);
+    assert_eq!(c.hub.recv_buffers, 0, "no receive ring unless asked for");
     assert_eq!(c.tunnel.listen, "0.0.0.0:8443".parse().unwrap());
     assert_eq!(c.tunnel.path, "/nowconnect/v1/tunnel");
     assert_eq!(c.tunnel.public_url, None);
@@ -530,6 +531,26 @@ fn shards_rules() {
             err.to_string(),
             format!(
                 "hub.shards: `{bad}` is out of range, expected auto or an integer from 1 to 1024"
+            )
+        );
+    }
+}
+
+#[test]
+fn recv_buffers_rules() {
+    for ok in [0, 8, 256, 16_384] {
+        let c =
+            HubConfig::load(&format!("{MINIMAL}hub: {{ recv_buffers: {ok} }}\n"), no_env).unwrap();
+        assert_eq!(c.hub.recv_buffers, ok);
+    }
+    for bad in [1, 7, 16_385] {
+        let err = load_err(&format!("hub: {{ recv_buffers: {bad} }}\n"));
+        assert_key(&err, "hub.recv_buffers");
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "hub.recv_buffers: `{bad}` is out of range, expected 0 (no receive ring) or an \
+                 integer from 8 to 16384"
             )
         );
     }
