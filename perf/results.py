@@ -150,6 +150,8 @@ def slow_figures(once, s):
     return {
         "fraction": r.get("fraction"),
         "alone": r["alone_bytes_per_sec"] / 1e6,
+        "alone_after": (r["alone_after_bytes_per_sec"] / 1e6
+                        if r.get("alone_after_bytes_per_sec") is not None else None),
         "beside": r["stalled_bytes_per_sec"] / 1e6,
         "stalled_bytes": r.get("stalled_stream_bytes"),
         "budget_kib": r["budget"] / 1024,
@@ -340,9 +342,11 @@ def main():
           "the same sweep), and those later or never closed. The slow reader (`nowconnect-"
           f"loadgen slow-reader`) runs {smeta.get('streams', 4)} echo streams alone, then opens "
           "one more that writes without end and never reads, waits until it is stuck, and runs "
-          "the same streams again beside it: the other streams' throughput beside the stall as "
-          "a share of alone, and the growth of each process's peak VmRSS from the first run to "
-          "the second. NowConnect's budget for that growth is two stream windows plus 8 MiB "
+          "the same streams again beside it, then closes the stalled stream and runs them alone "
+          "once more: the other streams' throughput beside the stall as a share of the mean of "
+          "the two runs alone (so that the machine's load drifting over the minute does not pass "
+          "for an effect of the stall), and the growth of each process's peak VmRSS from the "
+          "first run to the second. NowConnect's budget for that growth is two stream windows plus 8 MiB "
           "for buffer pools; rathole and bore have no such budget, their growth is shown as "
           "measured.")
         w("")
@@ -406,7 +410,11 @@ def main():
         c = once_cell(slow, s, lambda f: 0, tunnels_only=False)
         if c in ("—", "n/a", "failed"):
             return c
-        return f"{fmt(slow[s]['alone'])} / {fmt(slow[s]['beside'])}"
+        f = slow[s]
+        alone = fmt(f["alone"])
+        if f.get("alone_after") is not None:
+            alone += f", {fmt(f['alone_after'])}"
+        return f"{alone} / {fmt(f['beside'])}"
 
     low = f"request/response at {fmt(low_rate)}/s:"
     # The saturating run's rows keep their old labels in result sets without the low rate.
@@ -459,7 +467,8 @@ def main():
             ("slow reader: other streams' throughput beside the stall, % of alone",
              lambda s: once_cell(slow, s, lambda f: f["fraction"] * 100, 0,
                                  tunnels_only=False)),
-            ("slow reader: other streams alone / beside the stall, MB/s", slow_pair),
+            ("slow reader: other streams alone (before, after) / beside the stall, MB/s",
+             slow_pair),
             ("slow reader: server-side peak memory growth, KiB",
              lambda s: once_cell(slow, s, lambda f: f["srv_growth"])),
             ("slow reader: client-side peak memory growth, KiB",

@@ -42,7 +42,7 @@ Usage: perf/run.sh [options]
   --rounds N       how many times every system is measured; the report shows medians
                    (default 3)
   --rate R         request/response rate that saturates the tunnels, in requests per
-                   second, the same for every system (default 50000)
+                   second, the same for every system (default 100000)
   --rr-rate-low R  request/response rate every system sustains, for p99 at equal load
                    (default 10000)
   --idle-connections N
@@ -72,7 +72,7 @@ EOF
 
 PHASE=5
 ROUNDS=3
-RATE=50000
+RATE=100000
 RATE_LOW=10000
 IDLE_CONNECTIONS=20000
 IDLE_TIMEOUT_MS="" # 20000, or 45000 when the port range stays narrow; see the once phase

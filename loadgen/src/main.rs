@@ -208,9 +208,10 @@ enum Cmd {
     /// One stalled stream beside busy ones: memory stays bounded, the others keep their pace.
     ///
     /// Measures M echo streams alone, then opens one stream that writes without end and never
-    /// reads, waits until it is stuck, and measures the M streams again beside it. Reports
-    /// their throughput beside the stall as a fraction of alone, and the growth of the hub's
-    /// and agent's peak resident memory (--hub-pid, --agent-pid), which must stay within the
+    /// reads, waits until it is stuck, and measures the M streams again beside it; then closes
+    /// the stalled stream and measures them alone once more. Reports their throughput beside
+    /// the stall as a fraction of the mean of both runs alone, and the growth of the hub's and
+    /// agent's peak resident memory (--hub-pid, --agent-pid), which must stay within the
     /// budget (exit status 1 otherwise).
     SlowReader {
         /// An echo target, or the hub listener in front of one.

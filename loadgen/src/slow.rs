@@ -2,11 +2,14 @@
 //!
 //! Phase one measures M echo streams alone. Phase two opens one more stream that writes
 //! without end and never reads, waits until it is stuck (its writes no longer complete), and
-//! measures the same M streams again beside it. The credit windows should keep the stalled
-//! stream from holding more than a window each way in the hub and the agent, and from slowing
-//! the others: the report gives the others' throughput in phase two as a fraction of phase
-//! one, and the growth of the hub's and agent's peak resident memory from phase one to phase
-//! two, checked against a budget (by default two windows plus 8 MiB for buffer pools).
+//! measures the same M streams again beside it. Phase three closes the stalled stream and
+//! measures them alone once more. The credit windows should keep the stalled stream from
+//! holding more than a window each way in the hub and the agent, and from slowing the others:
+//! the report gives the others' throughput in phase two as a fraction of the mean of phases
+//! one and three (so that a machine whose load drifts during the run does not pass for an
+//! effect of the stall), and the growth of the hub's and agent's peak resident memory from
+//! phase one to phase two, checked against a budget (by default two windows plus 8 MiB for
+//! buffer pools).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -25,6 +28,13 @@ use crate::{net, pattern, stats};
 const POOL_ALLOWANCE: u64 = 8 << 20;
 /// A write that does not complete for this long means the stalled stream is stuck.
 const STUCK_AFTER: Duration = Duration::from_millis(500);
+/// Time for the tunnel to tear the stalled stream down before the streams run alone again.
+const SETTLE: Duration = Duration::from_millis(200);
+
+/// Throughput beside the stall as a share of the mean of the runs alone before and after it.
+fn share(beside: f64, before: f64, after: f64) -> f64 {
+    beside / ((before + after) / 2.0).max(1.0)
+}
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -62,11 +72,13 @@ pub(crate) struct SlowReaderResult {
     pub(crate) addr: String,
     pub(crate) streams: usize,
     pub(crate) phase_seconds: f64,
-    /// The M streams' total throughput alone, bytes per second.
+    /// The M streams' total throughput alone, before the stall, bytes per second.
     pub(crate) alone_bytes_per_sec: f64,
     /// The same beside the stalled stream.
     pub(crate) stalled_bytes_per_sec: f64,
-    /// `stalled / alone`.
+    /// The same alone again, after the stalled stream closed.
+    pub(crate) alone_after_bytes_per_sec: f64,
+    /// `stalled` as a share of the mean of both runs alone.
     pub(crate) fraction: f64,
     /// Bytes the stalled stream got written before it stuck.
     pub(crate) stalled_stream_bytes: u64,
@@ -81,13 +93,14 @@ impl SlowReaderResult {
     /// A human-readable report.
     pub(crate) fn report(&self) -> String {
         let mut out = format!(
-            "slow-reader to {}: {} streams, {:.1} s per phase\n  alone          {}\n  beside stall   {}  ({:.0} % of alone)\n  stalled stream took {} bytes before it stuck\n",
+            "slow-reader to {}: {} streams, {:.1} s per phase\n  alone          {}\n  beside stall   {}  ({:.0} % of alone, before and after)\n  alone again    {}\n  stalled stream took {} bytes before it stuck\n",
             self.addr,
             self.streams,
             self.phase_seconds,
             stats::fmt_rate(self.alone_bytes_per_sec),
             stats::fmt_rate(self.stalled_bytes_per_sec),
             self.fraction * 100.0,
+            stats::fmt_rate(self.alone_after_bytes_per_sec),
             self.stalled_stream_bytes
         );
         for m in &self.memory {
@@ -207,8 +220,11 @@ pub(crate) async fn run(opts: Options) -> Result<SlowReaderResult, String> {
     let sampler = PeakSampler::start(pids);
     let beside = throughput::run(phase).await;
     let peaks_stalled = sampler.finish().await;
+    // Closes the stalled stream (the task owns its connection).
     writer.abort();
     let beside = beside?;
+    sleep(SETTLE).await;
+    let after = throughput::run(phase).await?;
 
     let budget = opts.budget.unwrap_or(2 * opts.window + POOL_ALLOWANCE);
     let mut failures = Vec::new();
@@ -232,13 +248,18 @@ pub(crate) async fn run(opts: Options) -> Result<SlowReaderResult, String> {
             ));
         }
     }
-    let fraction = beside.bytes_per_sec / alone.bytes_per_sec.max(1.0);
+    let fraction = share(
+        beside.bytes_per_sec,
+        alone.bytes_per_sec,
+        after.bytes_per_sec,
+    );
     Ok(SlowReaderResult {
         addr: opts.addr.to_string(),
         streams: opts.streams,
         phase_seconds: opts.duration.as_secs_f64(),
         alone_bytes_per_sec: alone.bytes_per_sec,
         stalled_bytes_per_sec: beside.bytes_per_sec,
+        alone_after_bytes_per_sec: after.bytes_per_sec,
         fraction,
         stalled_stream_bytes: written.load(Ordering::Relaxed),
         budget,
@@ -272,8 +293,24 @@ mod tests {
         assert!(r.failures.is_empty(), "{:?}", r.failures);
         assert!(r.stalled_stream_bytes > 0);
         assert!(r.alone_bytes_per_sec > 0.0 && r.stalled_bytes_per_sec > 0.0);
+        assert!(r.alone_after_bytes_per_sec > 0.0);
+        let expected = share(
+            r.stalled_bytes_per_sec,
+            r.alone_bytes_per_sec,
+            r.alone_after_bytes_per_sec,
+        );
+        assert!((r.fraction - expected).abs() < 1e-12);
         assert_eq!(r.memory.len(), 1);
         assert!(r.memory[0].peak_alone > 0);
+    }
+
+    #[test]
+    fn the_share_is_taken_of_the_mean_of_both_runs_alone() {
+        assert_eq!(share(90.0, 100.0, 100.0), 0.9);
+        // A machine that slowed down over the run: beside the stall the streams did as well
+        // as the mean alone, which the first run alone would have hidden.
+        assert_eq!(share(80.0, 100.0, 60.0), 1.0);
+        assert_eq!(share(50.0, 0.0, 0.0), 50.0, "no division by zero");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

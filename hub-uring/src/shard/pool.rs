@@ -81,23 +81,23 @@ impl BufferPool {
     }
 }
 
-/// Receives what `socket` holds now, up to `want` bytes, into `buf` behind its headroom,
-/// without waiting: `WouldBlock` when nothing is there. `buf` is one [`BufferPool::take`]
-/// returned; on success it holds the headroom and the `n` bytes received.
+/// Appends to `buf` what `socket` holds now, up to `want` bytes and the buffer's spare
+/// capacity, without waiting: `WouldBlock` when nothing is there. A buffer from
+/// [`BufferPool::take`] receives behind its headroom.
 pub(crate) fn receive_now(
     socket: &compio::net::TcpStream,
     buf: &mut Vec<u8>,
     want: usize,
 ) -> std::io::Result<usize> {
-    debug_assert_eq!(buf.len(), HEADROOM);
-    let want = want.min(buf.capacity() - HEADROOM);
+    let filled = buf.len();
+    let want = want.min(buf.capacity() - filled);
     let n = socket2::SockRef::from(socket)
         .recv_with_flags(&mut buf.spare_capacity_mut()[..want], libc::MSG_DONTWAIT)?;
     #[allow(unsafe_code)]
-    // SAFETY: `recv_with_flags` initialised the first `n` bytes of the spare capacity (it
-    // returns at most `want`, which fits in it), and the headroom in front was initialised.
+    // SAFETY: `recv_with_flags` initialised the first `n` bytes of the spare capacity, which
+    // begins at `filled` (it never returns more than the slice it was given).
     unsafe {
-        buf.set_len(HEADROOM + n)
+        buf.set_len(filled + n)
     };
     Ok(n)
 }
