@@ -260,6 +260,13 @@ fn start(config: HubConfig) -> Result<ExitCode, String> {
         }
         None => None,
     };
+    // The control plane's runtime catches SIGTERM and SIGINT for the main thread, which
+    // needs no runtime of its own to wait for them.
+    let (signalled, signal) = std::sync::mpsc::channel::<()>();
+    tasks.push(Box::pin(async move {
+        wait_for_signal().await;
+        let _ = signalled.send(());
+    }));
     let control =
         crate::control::start(config.admin.listen, health.clone(), metrics.clone(), tasks)
             .map_err(|e| format!("admin.listen {}: {e}", config.admin.listen))?;
@@ -314,7 +321,8 @@ fn start(config: HubConfig) -> Result<ExitCode, String> {
     tracing::info!(shards, tunnel = %tunnel_addr, listeners = ?listener_addrs,
         admin = %control.local_admin_addr(), "hub started");
 
-    wait_for_signal();
+    // Returns on a signal, or should the control plane have stopped without one.
+    let _ = signal.recv();
     tracing::info!(timeout_ms = drain_timeout.as_millis() as u64, "draining");
     health.set_draining();
     let _ = drain_tx.send(true);
@@ -326,16 +334,24 @@ fn start(config: HubConfig) -> Result<ExitCode, String> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Blocks until SIGTERM or SIGINT.
-fn wait_for_signal() {
-    let Ok(runtime) = compio::runtime::Runtime::new() else {
-        return;
+/// Returns on SIGTERM or SIGINT. Should the handlers not install, says so and never returns:
+/// the hub then runs until it is killed.
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (mut term, mut int) = match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(term), Ok(int)) => (term, int),
+        (Err(e), _) | (_, Err(e)) => {
+            tracing::error!(error = %e, "cannot catch SIGTERM and SIGINT; stop the hub with SIGKILL");
+            return std::future::pending().await;
+        }
     };
-    runtime.block_on(async {
-        let term = Box::pin(compio::signal::unix::signal(libc::SIGTERM));
-        let int = Box::pin(compio::signal::ctrl_c());
-        let _ = futures_util::future::select(term, int).await;
-    });
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
 }
 
 fn shard_thread(
