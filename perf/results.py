@@ -13,9 +13,10 @@ rounds is the median over the rounds in which it was measured.
 
 The directory once/, from the phase after the rounds, holds for each tunnel SYS-idle.json
 (memory per idle stream, and for NowConnect the idle sweep), for every system
-SYS-slow-reader.json (a stalled reader beside busy streams), auto-driver.json (the driver a
-hub with `driver: auto` runs on), NowConnect's SYS-idle-logs.json and SYS-slow-logs.json, and
-the phase's commands.txt and failures.txt. Its figures are single measurements.
+SYS-slow-reader-K.json (a stalled reader beside busy streams, run K = 1, 2, ... on one
+tunnel), auto-driver.json (the driver a hub with `driver: auto` runs on), NowConnect's
+SYS-idle-logs.json and SYS-slow-logs.json, and the phase's commands.txt and failures.txt. Its
+figures are single measurements, but for the slow reader's, taken over its runs.
 
 Any file may be missing (an older result set, a failed phase): its figures are then shown as
 missing or failed, never guessed. Standard library only.
@@ -140,12 +141,8 @@ def idle_figures(once, s, idle_timeout_ms=None, sweep_interval_ms=None):
     return f
 
 
-def slow_figures(once, s):
-    """The slow-reader figures of system s from the phase after the rounds; None if there is
-    no result."""
-    r = load(once, f"{s}-slow-reader.json")
-    if r is None:
-        return None
+def slow_run_figures(r):
+    """The figures of one slow-reader result."""
     mem = r.get("memory") or []
     return {
         "fraction": r.get("fraction"),
@@ -161,6 +158,36 @@ def slow_figures(once, s):
         "cli_peak": mem[1]["peak_stalled"] / 1048576 if len(mem) > 1 else None,
         "failures": r.get("failures") or [],
     }
+
+
+def slow_figures(once, s):
+    """The slow-reader figures of system s from the phase after the rounds; None if there is
+    no result. With several runs (SYS-slow-reader-K.json) the throughput figures are those of
+    the run with the median share, and memory growth the largest of any run; failures are
+    those of every run."""
+    runs = []
+    k = 1
+    while True:
+        r = load(once, f"{s}-slow-reader-{k}.json")
+        if r is None and not os.path.exists(os.path.join(once, f"{s}-slow-reader-{k + 1}.json")):
+            break
+        if r is not None:
+            runs.append(slow_run_figures(r))
+        k += 1
+    if not runs:
+        r = load(once, f"{s}-slow-reader.json")
+        if r is None:
+            return None
+        runs = [slow_run_figures(r)]
+    ranked = sorted(runs, key=lambda f: f["fraction"] if f["fraction"] is not None else -1.0)
+    f = dict(ranked[(len(ranked) - 1) // 2])
+    for key in ("srv_growth", "cli_growth", "srv_peak", "cli_peak"):
+        values = [x[key] for x in runs if x[key] is not None]
+        f[key] = max(values) if values else None
+    f["failures"] = [msg for x in runs for msg in x["failures"]]
+    f["runs"] = len(runs)
+    f["fractions"] = [x["fraction"] for x in runs]
+    return f
 
 
 def metric_sum(lines, name):
@@ -254,7 +281,8 @@ def main():
       "each round measures every system "
       "once, in the same order, and every figure from the rounds is the median over them. "
       + ("After the rounds, once per system and each on a freshly started tunnel, come the "
-         "idle streams and the stalled reader; those figures are single measurements. "
+         "idle streams and the stalled reader; the idle figures are single measurements, the "
+         "stalled reader's the median of its runs. "
          if has_once else "")
       + "Absolute figures move with whatever else runs on the machine; compare the ratios.")
     w("")
@@ -330,7 +358,7 @@ def main():
         w("")
     if has_once:
         w("The rows from \"idle streams held\" down come from the phase after the rounds, one "
-          "measurement each. Memory per idle stream is the growth of each process's VmRSS from "
+          "measurement each but for the slow reader's runs. Memory per idle stream is the growth of each process's VmRSS from "
           "before the streams opened to one second after the last one did, divided by the "
           "streams held (`nowconnect-loadgen idle`: each stream exchanges one byte, so it is "
           "open end to end, then stays silent). The idle sweep applies to NowConnect only "
@@ -346,7 +374,9 @@ def main():
           "once more: the other streams' throughput beside the stall as a share of the mean of "
           "the two runs alone (so that the machine's load drifting over the minute does not pass "
           "for an effect of the stall), and the growth of each process's peak VmRSS from the "
-          "first run to the second. NowConnect's budget for that growth is two stream windows plus 8 MiB "
+          f"first run to the second. It does so {smeta.get('runs', 1)} time(s) on the same tunnel; "
+          "the share shown is the median run's (its throughputs beside it), the memory growth "
+          "the largest of any run. NowConnect's budget for that growth is two stream windows plus 8 MiB "
           "for buffer pools; rathole and bore have no such budget, their growth is shown as "
           "measured.")
         w("")
@@ -464,10 +494,14 @@ def main():
             ("client-side memory per idle stream, KiB (agent, rathole client, bore local)",
              lambda s: once_cell(idle, s, lambda f: f["cli_kib"], 2)),
             ("idle sweep: closed within idle timeout + sweep interval", sweep_cell),
-            ("slow reader: other streams' throughput beside the stall, % of alone",
+            ("slow reader: other streams' throughput beside the stall, % of alone (median run)",
              lambda s: once_cell(slow, s, lambda f: f["fraction"] * 100, 0,
                                  tunnels_only=False)),
-            ("slow reader: other streams alone (before, after) / beside the stall, MB/s",
+            ("slow reader: each run's share, % of alone",
+             lambda s: once_cell(slow, s, lambda f: 0, tunnels_only=False)
+             if once_cell(slow, s, lambda f: 0, tunnels_only=False) in ("—", "n/a", "failed")
+             else ", ".join(fmt(x * 100, 0) for x in slow[s]["fractions"] if x is not None)),
+            ("slow reader: the median run's streams alone (before, after) / beside the stall, MB/s",
              slow_pair),
             ("slow reader: server-side peak memory growth, KiB",
              lambda s: once_cell(slow, s, lambda f: f["srv_growth"])),
@@ -596,7 +630,7 @@ def main():
             rounds_text = "ranges overlap" if overlap else "apart in every round"
         else:
             overlap = False
-            rounds_text = "one measurement"
+            rounds_text = "median of runs" if table is slow else "one measurement"
         if margin < EVEN or overlap:
             better = "even"
         return a, b, better, margin, rounds_text
@@ -617,8 +651,8 @@ def main():
          "at equal load rather than their queues (see Figures)." if has_low else
          ", and the better peer's p99 the lower of their two (this result set has no run at a "
          "sustainable rate, so p99 comes from the saturating run).")
-      + (" Memory per idle stream, the idle sweep and the slow reader are single measurements "
-         "from the phase after the rounds; memory per idle stream is compared with the target "
+      + (" Memory per idle stream and the idle sweep are single measurements, the slow "
+         "reader's share the median of its runs, all from the phase after the rounds; memory per idle stream is compared with the target "
          "in KiB (1 KiB = 1024 bytes)." if has_once else ""))
     w("")
 

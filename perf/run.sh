@@ -78,6 +78,8 @@ IDLE_CONNECTIONS=20000
 IDLE_TIMEOUT_MS="" # 20000, or 45000 when the port range stays narrow; see the once phase
 SWEEP_INTERVAL_MS=1000 # the hub's default
 SLOW_STREAMS=4
+# Slow-reader runs per system, on the same tunnel: the report takes the median share.
+SLOW_RUNS=3
 STREAM_WINDOW=262144 # the hub's default limits.stream_window_bytes
 SHARDS=$(nproc)
 SYSTEMS="direct uring epoll rathole bore"
@@ -711,9 +713,11 @@ slow_phase() {
     local sys=$1 args=()
     CURRENT="once, $sys"
     if [[ $sys == direct ]]; then
-        log "once, direct: a stalled reader beside $SLOW_STREAMS streams"
-        loadgen slow-reader --addr "$ECHO" --streams "$SLOW_STREAMS" --seconds "$PHASE" \
-            --json "$R/direct-slow-reader.json"
+        for k in $(seq "$SLOW_RUNS"); do
+            log "once, direct: a stalled reader beside $SLOW_STREAMS streams ($k of $SLOW_RUNS)"
+            loadgen slow-reader --addr "$ECHO" --streams "$SLOW_STREAMS" --seconds "$PHASE" \
+                --json "$R/direct-slow-reader-$k.json"
+        done
         return 0
     fi
     start_tunnel "$sys" slow || return 0
@@ -722,10 +726,13 @@ slow_phase() {
     *) args=(--budget-bytes "$NO_BUDGET") ;;
     esac
     sleep 1
-    log "once, $sys: a stalled reader beside $SLOW_STREAMS streams"
-    ready "$ADDR"
-    loadgen slow-reader --addr "$ADDR" --streams "$SLOW_STREAMS" --seconds "$PHASE" \
-        --hub-pid "$SERVER" --agent-pid "$CLIENT" "${args[@]}" --json "$R/$sys-slow-reader.json"
+    for k in $(seq "$SLOW_RUNS"); do
+        log "once, $sys: a stalled reader beside $SLOW_STREAMS streams ($k of $SLOW_RUNS)"
+        ready "$ADDR"
+        loadgen slow-reader --addr "$ADDR" --streams "$SLOW_STREAMS" --seconds "$PHASE" \
+            --hub-pid "$SERVER" --agent-pid "$CLIENT" "${args[@]}" \
+            --json "$R/$sys-slow-reader-$k.json"
+    done
     check_alive "$sys" "the slow reader"
     case $sys in uring | epoll) save_nowconnect_logs "$R/$sys-slow-logs.json" ;; esac
     stop_tunnel
@@ -924,6 +931,7 @@ doc = {
     },
     "slow_reader": {
         "streams": $SLOW_STREAMS,
+        "runs": $SLOW_RUNS,
         "stream_window_bytes": $STREAM_WINDOW,
         "peer_budget_bytes": $NO_BUDGET,
     },
