@@ -165,20 +165,16 @@ def slow_figures(once, s):
     no result. With several runs (SYS-slow-reader-K.json) the throughput figures are those of
     the run with the median share, and memory growth the largest of any run; failures are
     those of every run."""
-    runs = []
-    k = 1
-    while True:
-        r = load(once, f"{s}-slow-reader-{k}.json")
-        if r is None and not os.path.exists(os.path.join(once, f"{s}-slow-reader-{k + 1}.json")):
-            break
-        if r is not None:
-            runs.append(slow_run_figures(r))
-        k += 1
+    try:
+        numbered = [(int(m.group(1)), n) for n in os.listdir(once)
+                    if (m := re.fullmatch(re.escape(s) + r"-slow-reader-(\d+)\.json", n))]
+        names = [n for _, n in sorted(numbered)]
+    except OSError:
+        names = []
+    results = [load(once, n) for n in names] or [load(once, f"{s}-slow-reader.json")]
+    runs = [slow_run_figures(r) for r in results if r is not None]
     if not runs:
-        r = load(once, f"{s}-slow-reader.json")
-        if r is None:
-            return None
-        runs = [slow_run_figures(r)]
+        return None
     ranked = sorted(runs, key=lambda f: f["fraction"] if f["fraction"] is not None else -1.0)
     f = dict(ranked[(len(ranked) - 1) // 2])
     for key in ("srv_growth", "cli_growth", "srv_peak", "cli_peak"):
@@ -436,6 +432,12 @@ def main():
             return "failed"
         return sweep_text(f) or "—"
 
+    def slow_runs(s):
+        c = once_cell(slow, s, lambda f: 0, tunnels_only=False)
+        if c in ("—", "n/a", "failed"):
+            return c
+        return ", ".join(fmt(x * 100, 0) for x in slow[s]["fractions"] if x is not None)
+
     def slow_pair(s):
         c = once_cell(slow, s, lambda f: 0, tunnels_only=False)
         if c in ("—", "n/a", "failed"):
@@ -497,10 +499,7 @@ def main():
             ("slow reader: other streams' throughput beside the stall, % of alone (median run)",
              lambda s: once_cell(slow, s, lambda f: f["fraction"] * 100, 0,
                                  tunnels_only=False)),
-            ("slow reader: each run's share, % of alone",
-             lambda s: once_cell(slow, s, lambda f: 0, tunnels_only=False)
-             if once_cell(slow, s, lambda f: 0, tunnels_only=False) in ("—", "n/a", "failed")
-             else ", ".join(fmt(x * 100, 0) for x in slow[s]["fractions"] if x is not None)),
+            ("slow reader: each run's share, % of alone", slow_runs),
             ("slow reader: the median run's streams alone (before, after) / beside the stall, MB/s",
              slow_pair),
             ("slow reader: server-side peak memory growth, KiB",

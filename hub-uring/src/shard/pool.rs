@@ -108,6 +108,25 @@ mod tests {
 
     use super::*;
 
+    /// [`receive_now`] retried while it finds nothing, for up to a second: what the peer sent
+    /// reaches the socket soon, not at once. `None` if nothing came.
+    fn receive_soon(
+        socket: &compio::net::TcpStream,
+        buf: &mut Vec<u8>,
+        want: usize,
+    ) -> Option<usize> {
+        for _ in 0..1000 {
+            match receive_now(socket, buf, want) {
+                Ok(got) => return Some(got),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    std::thread::sleep(std::time::Duration::from_millis(1))
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+        None
+    }
+
     #[test]
     fn receive_now_takes_what_is_there_and_never_waits() {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -129,20 +148,8 @@ mod tests {
                 );
 
                 peer.write_all(b"twenty bytes of data").unwrap();
-                let mut n = 0;
-                for _ in 0..1000 {
-                    match receive_now(&socket, &mut buf, 8) {
-                        Ok(got) => {
-                            n = got;
-                            break;
-                        }
-                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                            std::thread::sleep(std::time::Duration::from_millis(1))
-                        }
-                        Err(e) => panic!("{e}"),
-                    }
-                }
-                assert_eq!(n, 8, "no more than asked for");
+                let n = receive_soon(&socket, &mut buf, 8);
+                assert_eq!(n, Some(8), "no more than asked for");
                 assert_eq!(&buf[HEADROOM..], b"twenty b");
                 pool.give(buf);
 
@@ -153,19 +160,7 @@ mod tests {
 
                 drop(peer);
                 let mut buf = pool.take();
-                let mut end = None;
-                for _ in 0..1000 {
-                    match receive_now(&socket, &mut buf, 16) {
-                        Ok(got) => {
-                            end = Some(got);
-                            break;
-                        }
-                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                            std::thread::sleep(std::time::Duration::from_millis(1))
-                        }
-                        Err(e) => panic!("{e}"),
-                    }
-                }
+                let end = receive_soon(&socket, &mut buf, 16);
                 assert_eq!(end, Some(0), "the end of stream reads as 0 bytes");
             });
     }
