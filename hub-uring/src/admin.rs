@@ -22,6 +22,7 @@ use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 
 use crate::health::Health;
+use crate::logging::warn_limited;
 use crate::metrics::HubMetrics;
 
 /// How long a connection may take to send a request head, or stay idle between requests.
@@ -98,7 +99,7 @@ async fn serve_with(
         let (stream, peer) = match accepted {
             Ok(accepted) => accepted,
             Err(e) => {
-                tracing::warn!(error = %e, "admin endpoint: accept failed");
+                warn_limited!(error = %e, "admin endpoint: accept failed");
                 tokio::time::sleep(ACCEPT_BACKOFF).await;
                 continue;
             }

@@ -19,7 +19,8 @@
 //!   API.
 //!
 //! `unsafe` is denied everywhere except `shard::ring`, which writes headers into the room its
-//! allocator keeps in front of the io_uring provided buffers.
+//! allocator keeps in front of the io_uring provided buffers, and one call in `shard::pool`,
+//! which marks the bytes a `recv` wrote into a buffer's spare capacity as filled.
 #![deny(unsafe_code)]
 
 pub mod admin;

@@ -26,6 +26,7 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use crate::auth::{Binding, Identity};
 use crate::control::Task;
+use crate::logging::warn_limited;
 use crate::metrics::HubMetrics;
 
 /// Questions waiting for the worker; beyond this a question gets no decision (`overload`).
@@ -275,7 +276,7 @@ impl Pdp {
                 if matches!(failure, Failure::Overload) {
                     // The worker never saw it: count and log it here (it does the others).
                     self.metrics.pdp_error(failure.kind());
-                    tracing::warn!(agent = %subject.subject.agent_id,
+                    warn_limited!(per failure.kind(); agent = %subject.subject.agent_id,
                         agent_addr = %subject.agent_addr, connector = %connector, %client,
                         kind = failure.kind(), error = %failure,
                         fail_open = self.fail_open, "the PDP gave no decision");
@@ -645,8 +646,8 @@ impl Worker {
     ) {
         self.pdp.metrics.pdp_error(failure.kind());
         // A batch asked on connect has no client.
-        tracing::warn!(agent = %subject.subject.agent_id, agent_addr = %subject.agent_addr,
-            connectors = ?connectors, client = ?client, request_id,
+        warn_limited!(per failure.kind(); agent = %subject.subject.agent_id,
+            agent_addr = %subject.agent_addr, connectors = ?connectors, client = ?client, request_id,
             kind = failure.kind(), error = %failure, fail_open = self.pdp.fail_open,
             "the PDP gave no decision");
     }

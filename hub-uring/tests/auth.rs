@@ -267,6 +267,52 @@ fn garbage_and_slow_handshakes_do_not_disturb_other_agents() {
     );
 }
 
+/// A peer that keeps sending junk to the tunnel port is counted in full but logged only in
+/// bursts (10 lines per kind every 10 s), and a flood of one kind does not silence another.
+#[test]
+fn a_flood_of_bad_handshakes_is_counted_in_full_and_logged_in_a_burst() {
+    const JUNK: usize = 30;
+    let key = SigningKey::generate("k1");
+    let (hub, _) = hub_with_jwks(&[&key], "");
+    let started = Instant::now();
+    for _ in 0..JUNK {
+        let mut junk = TcpStream::connect(hub.addrs.tunnel).unwrap();
+        junk.write_all(b"NOT AN UPGRADE\r\n\r\n").unwrap();
+        junk.set_read_timeout(Some(WAIT)).unwrap();
+        let mut reply = Vec::new();
+        let _ = junk.read_to_end(&mut reply);
+        assert!(reply.starts_with(b"HTTP/1.1 400"));
+    }
+    let flood_took = started.elapsed();
+    // Another kind of refusal after the flood is still logged.
+    let (status, _) = refused_with(&hub, None);
+    assert_eq!(status, 401);
+    let mut logged = 0;
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let line = hub
+            .logs
+            .recv_timeout(left)
+            .expect("the refusal after the flood is logged");
+        match line["message"].as_str() {
+            Some("agent connection refused: bad upgrade request") => logged += 1,
+            Some("agent refused: authentication failed") => break,
+            _ => {}
+        }
+    }
+    // Sent within one window, the flood shows 10 lines; spread over two, at most 20.
+    if flood_took < Duration::from_secs(10) {
+        assert_eq!(logged, 10);
+    } else {
+        assert!((10..=20).contains(&logged), "{logged} lines");
+    }
+    assert_eq!(
+        hub.metric("nowconnect_handshake_rejections_total{reason=\"bad_upgrade\"}"),
+        Some(JUNK as f64)
+    );
+}
+
 /// With `require_connector_scopes`, a connector is accepted only if the token grants its
 /// scope (`scope` string or `scp` array, `connector:<name>` by default); a refused one is
 /// listed in WELCOME and its clients are never routed to the agent.

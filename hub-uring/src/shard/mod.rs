@@ -39,6 +39,7 @@ use self::pool::BufferPool;
 use self::session::{Ending, SessionCtx};
 use crate::auth::{Authenticator, JwksStore};
 use crate::health::Health;
+use crate::logging::warn_limited;
 use crate::metrics::{ConnectorMetrics, HubMetrics, ShardMetrics};
 use crate::pdp::Pdp;
 
@@ -434,7 +435,7 @@ async fn receive_handoffs(
                         compio::runtime::spawn(serve).detach();
                     }
                     Err(e) => {
-                        tracing::warn!(shard = ctx.index, error = %e, "handed-over client lost")
+                        warn_limited!(shard = ctx.index, error = %e, "handed-over client lost")
                     }
                 }
             }
@@ -457,7 +458,7 @@ async fn accept_loop<F, Fut>(
         match listener.accept().await {
             Ok((stream, peer)) => compio::runtime::spawn(serve(stream, peer)).detach(),
             Err(e) => {
-                tracing::warn!(shard, error = %e, "{what} accept failed");
+                warn_limited!(shard, error = %e, "{what} accept failed");
                 compio::time::sleep(Duration::from_millis(50)).await;
             }
         }

@@ -22,6 +22,7 @@ use super::session::SessionCtx;
 use super::transport::Conn;
 use super::{ShardCtx, now_unix};
 use crate::auth::Credentials;
+use crate::logging::warn_limited;
 
 /// A refusal before the session exists.
 struct Refused {
@@ -36,7 +37,7 @@ pub(crate) async fn serve(shard: Rc<ShardCtx>, mut stream: TcpStream, peer: Sock
     let shared = &shard.shared;
     if !shared.config.tunnel.allow_cidrs.allows(peer.ip()) {
         shared.metrics.handshake_rejected("cidr");
-        tracing::warn!(%peer, "agent connection refused: source address not allowed");
+        warn_limited!(%peer, "agent connection refused: source address not allowed");
         let mut reply = Vec::new();
         handshake::write_error_response(&mut reply, 403, &[]);
         let _ = stream.write_all(reply).await;
@@ -46,7 +47,7 @@ pub(crate) async fn serve(shard: Rc<ShardCtx>, mut stream: TcpStream, peer: Sock
     if shared.pending_handshakes.fetch_add(1, Ordering::AcqRel) >= limit {
         shared.pending_handshakes.fetch_sub(1, Ordering::AcqRel);
         shared.metrics.handshake_rejected("too_many_pending");
-        tracing::warn!(%peer, "agent connection refused: too many pending handshakes");
+        warn_limited!(%peer, "agent connection refused: too many pending handshakes");
         let mut reply = Vec::new();
         handshake::write_error_response(&mut reply, 503, &[]);
         let _ = stream.write_all(reply).await;
@@ -93,7 +94,7 @@ pub(crate) async fn serve(shard: Rc<ShardCtx>, mut stream: TcpStream, peer: Sock
         }
         Err(_) => {
             shared.metrics.handshake_rejected("timeout");
-            tracing::warn!(%peer, "agent handshake timed out");
+            warn_limited!(%peer, "agent handshake timed out");
         }
     }
 }
@@ -118,7 +119,7 @@ async fn establish(
 ) -> Result<(Rc<SessionCtx>, ws::Decoder, Vec<u8>), Refused> {
     let shared = &shard.shared;
     if let Err(e) = stream.handshake().await {
-        tracing::warn!(%peer, error = %e, "agent connection refused: TLS handshake failed");
+        warn_limited!(%peer, error = %e, "agent connection refused: TLS handshake failed");
         return Err(Refused {
             reason: "tls",
             reply: Vec::new(),
@@ -148,7 +149,7 @@ async fn establish(
             Ok(Parsed::Partial) => continue,
             Ok(Parsed::Complete { value, consumed }) => {
                 if value.path != shared.config.tunnel.path {
-                    tracing::warn!(%peer, path = value.path, "agent connection refused: unknown path");
+                    warn_limited!(%peer, path = value.path, "agent connection refused: unknown path");
                     return Err(http_refusal("path", 404, &[]));
                 }
                 let certificate = stream.peer_certificate();
@@ -165,7 +166,7 @@ async fn establish(
                     Ok(identity) => identity,
                     Err(refusal) => {
                         shared.metrics.auth_failure(refusal.reason());
-                        tracing::warn!(%peer, reason = refusal.reason(), detail = %refusal,
+                        warn_limited!(per refusal.reason(); %peer, reason = refusal.reason(), detail = %refusal,
                             "agent refused: authentication failed");
                         return Err(http_refusal(
                             "auth",
@@ -179,7 +180,7 @@ async fn establish(
                 break (consumed, response, identity);
             }
             Err(e) => {
-                tracing::warn!(%peer, error = %e, "agent connection refused: bad upgrade request");
+                warn_limited!(%peer, error = %e, "agent connection refused: bad upgrade request");
                 let extra: &[(&str, &str)] = if e.status() == 426 {
                     &[("Sec-WebSocket-Version", "13")]
                 } else {
