@@ -4,7 +4,7 @@
 //! `RUST_LOG=nowconnect_hub=debug`). Tokens are never logged: the authentication code hands the
 //! log a reason, not the credential.
 //!
-//! Warnings a network peer can set off at will go through [`warn_limited!`]: at most
+//! Warnings a network peer can set off at will go through `warn_limited!`: at most
 //! [`LIMIT_BURST`] lines per call site every [`LIMIT_WINDOW`], so a scanner on the tunnel port
 //! or a PDP outage under load cannot flood the log; the metrics still count every event.
 
@@ -28,7 +28,7 @@ pub fn init(config: &LoggingConfig) {
     };
 }
 
-/// Lines one call site of [`warn_limited!`] logs for one key per [`LIMIT_WINDOW`] before it
+/// Lines one call site of `warn_limited!` logs for one key per [`LIMIT_WINDOW`] before it
 /// goes quiet.
 pub const LIMIT_BURST: u32 = 10;
 

@@ -5,19 +5,23 @@
 //! the session's writer sends. The reader and writer tasks of a session share the state through
 //! an `Rc<RefCell<…>>`, never borrowed across an `.await`, so reads and writes proceed
 //! concurrently as they do on plain TCP.
+//!
+//! Bytes move with non-blocking `recv` and `sendmsg` calls made by those tasks themselves
+//! ([`receive_some`], [`send_all`]); the runtime's driver only waits for readiness when the
+//! socket is empty or full.
 
 use std::cell::RefCell;
 use std::io::{self, Read, Write};
 use std::rc::Rc;
 use std::sync::Arc;
 
-use compio::BufResult;
-use compio::io::{AsyncRead, AsyncWriteExt};
 use compio::net::TcpStream;
 use nowconnect_core::config::{ClientAuth, TlsConfig};
 use rustls::ServerConfig;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+
+use super::pool::receive_now;
 
 /// Builds the TLS configuration of the tunnel listener from the cert and key files, asking
 /// agents for a client certificate when `client_auth` says so.
@@ -213,7 +217,7 @@ impl Conn {
         let mut cipher = std::mem::take(&mut self.cipher_in);
         cipher.clear();
         cipher.reserve(READ_CHUNK);
-        let BufResult(result, cipher) = self.tcp.read(cipher).await;
+        let result = receive_some(&self.tcp, &mut cipher).await;
         self.cipher_in = cipher;
         self.cipher_pos = 0;
         result
@@ -272,7 +276,7 @@ impl Conn {
             self.cipher_out = out;
             return Ok(());
         }
-        let BufResult(result, out) = self.tcp.write_all(out).await;
+        let result = send_all(&self.tcp, std::slice::from_ref(&out)).await;
         self.cipher_out = out;
         result
     }
@@ -283,7 +287,7 @@ impl Conn {
         buf.clear();
         let Some(tls) = self.tls.clone() else {
             buf.reserve(READ_CHUNK);
-            let BufResult(result, buf) = self.tcp.read(buf).await;
+            let result = receive_some(&self.tcp, &mut buf).await;
             return (result.map(|_| ()), buf);
         };
         loop {
@@ -329,8 +333,8 @@ impl Conn {
     pub(crate) async fn write_all(&mut self, plain: Vec<u8>) -> (io::Result<()>, Vec<u8>) {
         match self.tls.clone() {
             None => {
-                let BufResult(result, buf) = self.tcp.write_all(plain).await;
-                (result, buf)
+                let result = send_all(&self.tcp, std::slice::from_ref(&plain)).await;
+                (result, plain)
             }
             Some(tls) => {
                 if let Err(e) = self.seal_all(&tls, &plain).await {
@@ -348,7 +352,7 @@ impl Conn {
     ) -> (io::Result<()>, Vec<T>) {
         match self.tls.clone() {
             None => {
-                let BufResult(result, bufs) = self.tcp.write_vectored_all(bufs).await;
+                let result = send_all(&self.tcp, &bufs).await;
                 (result, bufs)
             }
             Some(tls) => {
@@ -369,5 +373,153 @@ impl Conn {
             let _ = self.flush_tls().await;
         }
         let _ = compio::io::AsyncWrite::shutdown(&mut self.tcp).await;
+    }
+}
+
+/// Appends to `buf` what the socket holds, up to its spare capacity, waiting for the socket
+/// to become readable only when nothing is there; returns how many bytes came, 0 at end of
+/// stream. Like [`send_all`], it spares io_uring a trip through the ring whenever bytes are
+/// already waiting, which on a busy session is nearly always.
+async fn receive_some(tcp: &TcpStream, buf: &mut Vec<u8>) -> io::Result<usize> {
+    loop {
+        match receive_now(tcp, buf, usize::MAX) {
+            Ok(n) => return Ok(n),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                tcp.to_poll_fd()?.read_ready().await?;
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// The most buffers one vectored send takes (the session writer batches at most 64).
+const MAX_SEND_SLICES: usize = 64;
+
+/// Writes all of `bufs`, in order, with non-blocking vectored sends from this task, waiting
+/// for the socket to become writable only when it is full. Under io_uring this spares each
+/// write the socket takes at once (nearly all of them) a trip through the ring and a wake-up
+/// of this task; under epoll it is what compio's own write does.
+async fn send_all<T: compio::buf::IoBuf>(tcp: &TcpStream, bufs: &[T]) -> io::Result<()> {
+    let total: usize = bufs.iter().map(|b| b.as_init().len()).sum();
+    let mut sent = 0;
+    while sent < total {
+        match send_now(tcp, bufs, sent) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => sent += n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                tcp.to_poll_fd()?.write_ready().await?;
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// One non-blocking vectored send of `bufs` from byte `skip` on (of them all), up to
+/// [`MAX_SEND_SLICES`] buffers; returns how many bytes the socket took.
+fn send_now<T: compio::buf::IoBuf>(
+    tcp: &TcpStream,
+    bufs: &[T],
+    mut skip: usize,
+) -> io::Result<usize> {
+    let mut slices = [io::IoSlice::new(&[]); MAX_SEND_SLICES];
+    let mut count = 0;
+    for buf in bufs {
+        let bytes = buf.as_init();
+        if skip >= bytes.len() {
+            skip -= bytes.len();
+            continue;
+        }
+        slices[count] = io::IoSlice::new(&bytes[skip..]);
+        skip = 0;
+        count += 1;
+        if count == MAX_SEND_SLICES {
+            break;
+        }
+    }
+    socket2::SockRef::from(tcp)
+        .send_vectored_with_flags(&slices[..count], libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read, Write};
+    use std::time::Duration;
+
+    use super::*;
+
+    fn pair() -> (std::net::TcpStream, std::net::TcpStream) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let peer = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (accepted, _) = listener.accept().unwrap();
+        (accepted, peer)
+    }
+
+    /// More buffers than one send takes, of uneven sizes, through a small send buffer to a
+    /// peer that starts reading late: the sends come back partial and then blocked, and every
+    /// byte must still arrive once, in order.
+    #[test]
+    fn send_all_delivers_every_byte_in_order_through_partial_and_blocked_sends() {
+        let (accepted, mut peer) = pair();
+        socket2::SockRef::from(&accepted)
+            .set_send_buffer_size(4096)
+            .unwrap();
+        let bufs: Vec<Vec<u8>> = (0..MAX_SEND_SLICES * 2 + 7)
+            .map(|i| {
+                let len = 1 + (i * 7919) % 40_000;
+                (0..len).map(|j| (i * 31 + j) as u8).collect()
+            })
+            .collect();
+        let expected: Vec<u8> = bufs.concat();
+        let reader = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(100));
+            let mut got = Vec::new();
+            peer.read_to_end(&mut got).unwrap();
+            got
+        });
+        compio::runtime::Runtime::new().unwrap().block_on(async {
+            let socket = TcpStream::from_std(accepted).unwrap();
+            send_all(&socket, &bufs).await.unwrap();
+        });
+        let got = reader.join().unwrap();
+        assert_eq!(got.len(), expected.len());
+        assert!(got == expected, "bytes lost, doubled or reordered");
+    }
+
+    #[test]
+    fn send_now_starts_inside_a_buffer_after_a_partial_send() {
+        let (accepted, mut peer) = pair();
+        compio::runtime::Runtime::new().unwrap().block_on(async {
+            let socket = TcpStream::from_std(accepted).unwrap();
+            let bufs = [b"abc".to_vec(), b"defg".to_vec(), b"hi".to_vec()];
+            assert_eq!(send_now(&socket, &bufs, 5).unwrap(), 4);
+        });
+        let mut got = [0u8; 4];
+        peer.read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"fghi");
+    }
+
+    #[test]
+    fn receive_some_waits_for_bytes_and_reads_the_end_as_zero() {
+        let (accepted, mut peer) = pair();
+        let writer = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            peer.write_all(b"late bytes").unwrap();
+            peer
+        });
+        compio::runtime::Runtime::new().unwrap().block_on(async {
+            let socket = TcpStream::from_std(accepted).unwrap();
+            let mut buf = Vec::with_capacity(64);
+            let mut got = 0;
+            while got < 10 {
+                got += receive_some(&socket, &mut buf).await.unwrap();
+            }
+            assert_eq!(buf, b"late bytes");
+            drop(writer.join().unwrap());
+            buf.clear();
+            assert_eq!(receive_some(&socket, &mut buf).await.unwrap(), 0);
+        });
     }
 }
