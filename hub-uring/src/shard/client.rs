@@ -13,7 +13,7 @@ use std::rc::Rc;
 
 use compio::BufResult;
 use compio::driver::ErrorExt;
-use compio::io::{AsyncReadMulti, AsyncWrite, AsyncWriteExt};
+use compio::io::{AsyncReadMulti, AsyncWriteExt};
 use compio::net::TcpStream;
 use compio::runtime::{CancelToken, StreamExt as _};
 use futures_util::StreamExt;
@@ -25,6 +25,7 @@ use super::ShardCtx;
 use super::pool::receive_now;
 use super::ring::RecvBuf;
 use super::session::{Mailbox, SessionCtx, ToClient};
+use super::transport::shut_write;
 use crate::metrics::{ConnectorMetrics, RejectReason};
 use crate::pdp::Decision;
 
@@ -391,7 +392,7 @@ async fn agent_to_client(
             ToClient::Data(bytes) => {
                 let n = bytes.len();
                 mailbox.set_writing(true);
-                // Boxed, like the shutdown below: only what the session could not write
+                // Boxed: only what the session could not write
                 // straight away comes here, and an idle stream's task stays small without
                 // room for a write it is not doing.
                 let BufResult(result, bytes) = Box::pin(writer.write_all(bytes)).await;
@@ -403,9 +404,7 @@ async fn agent_to_client(
                 }
                 session.consumed(id, n);
             }
-            ToClient::Fin => {
-                let _ = Box::pin(writer.shutdown()).await;
-            }
+            ToClient::Fin => shut_write(&writer),
             ToClient::Reset(reason) => {
                 tracing::debug!(stream = %id, reason = reason.as_str(), "stream reset");
                 return Outcome::Reset;
