@@ -392,9 +392,9 @@ async fn agent_to_client(
             ToClient::Data(bytes) => {
                 let n = bytes.len();
                 mailbox.set_writing(true);
-                // Boxed: only what the session could not write
-                // straight away comes here, and an idle stream's task stays small without
-                // room for a write it is not doing.
+                // Boxed: only what the session could not write straight away comes here,
+                // and an idle stream's task stays small without room for a write it is not
+                // doing.
                 let BufResult(result, bytes) = Box::pin(writer.write_all(bytes)).await;
                 mailbox.set_writing(false);
                 shard.pool.give(bytes);
