@@ -458,7 +458,7 @@ async fn accept_loop<F, Fut>(
         match listener.accept().await {
             Ok((stream, peer)) => compio::runtime::spawn(serve(stream, peer)).detach(),
             Err(e) => {
-                warn_limited!(shard, error = %e, "{what} accept failed");
+                warn_limited!(per what; shard, error = %e, "{what} accept failed");
                 compio::time::sleep(Duration::from_millis(50)).await;
             }
         }

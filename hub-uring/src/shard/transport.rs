@@ -144,6 +144,10 @@ pub(crate) struct Conn {
     cipher_in: Vec<u8>,
     cipher_pos: usize,
     cipher_out: Vec<u8>,
+    /// Reads made through this handle, for [`READS_PER_YIELD`].
+    reads: u32,
+    /// Taken by whichever clone is sending TLS records (see [`Conn::flush_tls`]).
+    send_turn: Rc<tokio::sync::Mutex<()>>,
 }
 
 impl Clone for Conn {
@@ -154,6 +158,8 @@ impl Clone for Conn {
             cipher_in: Vec::new(),
             cipher_pos: 0,
             cipher_out: Vec::new(),
+            reads: 0,
+            send_turn: self.send_turn.clone(),
         }
     }
 }
@@ -167,6 +173,8 @@ impl Conn {
             cipher_in: Vec::new(),
             cipher_pos: 0,
             cipher_out: Vec::new(),
+            reads: 0,
+            send_turn: Rc::default(),
         }
     }
 
@@ -179,6 +187,8 @@ impl Conn {
             cipher_in: Vec::new(),
             cipher_pos: 0,
             cipher_out: Vec::new(),
+            reads: 0,
+            send_turn: Rc::default(),
         })
     }
 
@@ -264,6 +274,14 @@ impl Conn {
         let Some(tls) = self.tls.clone() else {
             return Ok(());
         };
+        if !tls.borrow().wants_write() {
+            return Ok(());
+        }
+        // The reader (alerts, answers to the peer's key updates) and the writer both flush:
+        // one at a time, so that a send the socket took only in part is finished before the
+        // other's records follow it, and records leave whole and in the order rustls made them.
+        let turn = self.send_turn.clone();
+        let _turn = turn.lock().await;
         let mut out = std::mem::take(&mut self.cipher_out);
         out.clear();
         {
@@ -285,6 +303,14 @@ impl Conn {
     /// empty result means the peer closed the connection.
     pub(crate) async fn read(&mut self, mut buf: Vec<u8>) -> (io::Result<()>, Vec<u8>) {
         buf.clear();
+        // Reads that find bytes waiting never pass through the runtime, so a busy session
+        // would keep its shard's thread until the agent ran out of credit: every so many
+        // reads, let the shard's other tasks (this session's writer with its credit, other
+        // sessions, clients, timers) have their turn.
+        self.reads = self.reads.wrapping_add(1);
+        if self.reads.is_multiple_of(READS_PER_YIELD) {
+            yield_now().await;
+        }
         let Some(tls) = self.tls.clone() else {
             buf.reserve(READ_CHUNK);
             let result = receive_some(&self.tcp, &mut buf).await;
@@ -385,11 +411,36 @@ pub(crate) fn shut_write(tcp: &TcpStream) {
     let _ = socket2::SockRef::from(tcp).shutdown(std::net::Shutdown::Write);
 }
 
+/// A session's reader lets other tasks run before every this many reads (up to 4 MiB).
+const READS_PER_YIELD: u32 = 16;
+
+/// Returns to the runtime once, after waking itself: the shard's other ready tasks run first.
+async fn yield_now() {
+    struct YieldNow(bool);
+    impl std::future::Future for YieldNow {
+        type Output = ();
+        fn poll(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<()> {
+            if self.0 {
+                return std::task::Poll::Ready(());
+            }
+            self.0 = true;
+            cx.waker().wake_by_ref();
+            std::task::Poll::Pending
+        }
+    }
+    YieldNow(false).await
+}
+
 /// Appends to `buf` what the socket holds, up to its spare capacity, waiting for the socket
 /// to become readable only when nothing is there; returns how many bytes came, 0 at end of
 /// stream. Like [`send_all`], it spares io_uring a trip through the ring whenever bytes are
 /// already waiting, which on a busy session is nearly always.
 async fn receive_some(tcp: &TcpStream, buf: &mut Vec<u8>) -> io::Result<usize> {
+    // With no room, `recv` would return 0 and pass for the end of the stream.
+    debug_assert!(buf.capacity() > buf.len(), "reserve room before receiving");
     loop {
         match receive_now(tcp, buf, usize::MAX) {
             Ok(n) => return Ok(n),
@@ -457,7 +508,22 @@ mod tests {
     use std::io::{Read, Write};
     use std::time::Duration;
 
+    use nowconnect_core::config::Driver;
+
     use super::*;
+
+    /// Runs `test` on a runtime of each driver: `auto` (io_uring where the kernel has it)
+    /// and epoll, whose readiness waits work differently.
+    fn on_each_driver(test: impl Fn(&compio::runtime::Runtime)) {
+        for driver in [Driver::Auto, Driver::Epoll] {
+            let ring = crate::runtime::RecvRing {
+                buffers: 8,
+                buffer_len: 4096,
+            };
+            let rt = crate::runtime::build(driver, ring).unwrap();
+            test(&rt.runtime);
+        }
+    }
 
     fn pair() -> (std::net::TcpStream, std::net::TcpStream) {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -471,64 +537,70 @@ mod tests {
     /// byte must still arrive once, in order.
     #[test]
     fn send_all_delivers_every_byte_in_order_through_partial_and_blocked_sends() {
-        let (accepted, mut peer) = pair();
-        socket2::SockRef::from(&accepted)
-            .set_send_buffer_size(4096)
-            .unwrap();
-        let bufs: Vec<Vec<u8>> = (0..MAX_SEND_SLICES * 2 + 7)
-            .map(|i| {
-                let len = 1 + (i * 7919) % 40_000;
-                (0..len).map(|j| (i * 31 + j) as u8).collect()
-            })
-            .collect();
-        let expected: Vec<u8> = bufs.concat();
-        let reader = std::thread::spawn(move || {
-            std::thread::sleep(Duration::from_millis(100));
-            let mut got = Vec::new();
-            peer.read_to_end(&mut got).unwrap();
-            got
+        on_each_driver(|rt| {
+            let (accepted, mut peer) = pair();
+            socket2::SockRef::from(&accepted)
+                .set_send_buffer_size(4096)
+                .unwrap();
+            let bufs: Vec<Vec<u8>> = (0..MAX_SEND_SLICES * 2 + 7)
+                .map(|i| {
+                    let len = 1 + (i * 7919) % 40_000;
+                    (0..len).map(|j| (i * 31 + j) as u8).collect()
+                })
+                .collect();
+            let expected: Vec<u8> = bufs.concat();
+            let reader = std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(100));
+                let mut got = Vec::new();
+                peer.read_to_end(&mut got).unwrap();
+                got
+            });
+            rt.block_on(async {
+                let socket = TcpStream::from_std(accepted).unwrap();
+                send_all(&socket, &bufs).await.unwrap();
+            });
+            let got = reader.join().unwrap();
+            assert_eq!(got.len(), expected.len());
+            assert!(got == expected, "bytes lost, doubled or reordered");
         });
-        compio::runtime::Runtime::new().unwrap().block_on(async {
-            let socket = TcpStream::from_std(accepted).unwrap();
-            send_all(&socket, &bufs).await.unwrap();
-        });
-        let got = reader.join().unwrap();
-        assert_eq!(got.len(), expected.len());
-        assert!(got == expected, "bytes lost, doubled or reordered");
     }
 
     #[test]
     fn send_now_starts_inside_a_buffer_after_a_partial_send() {
-        let (accepted, mut peer) = pair();
-        compio::runtime::Runtime::new().unwrap().block_on(async {
-            let socket = TcpStream::from_std(accepted).unwrap();
-            let bufs = [b"abc".to_vec(), b"defg".to_vec(), b"hi".to_vec()];
-            assert_eq!(send_now(&socket, &bufs, 5).unwrap(), 4);
+        on_each_driver(|rt| {
+            let (accepted, mut peer) = pair();
+            rt.block_on(async {
+                let socket = TcpStream::from_std(accepted).unwrap();
+                let bufs = [b"abc".to_vec(), b"defg".to_vec(), b"hi".to_vec()];
+                assert_eq!(send_now(&socket, &bufs, 5).unwrap(), 4);
+            });
+            let mut got = [0u8; 4];
+            peer.read_exact(&mut got).unwrap();
+            assert_eq!(&got, b"fghi");
         });
-        let mut got = [0u8; 4];
-        peer.read_exact(&mut got).unwrap();
-        assert_eq!(&got, b"fghi");
     }
 
     #[test]
     fn receive_some_waits_for_bytes_and_reads_the_end_as_zero() {
-        let (accepted, mut peer) = pair();
-        let writer = std::thread::spawn(move || {
-            std::thread::sleep(Duration::from_millis(50));
-            peer.write_all(b"late bytes").unwrap();
-            peer
-        });
-        compio::runtime::Runtime::new().unwrap().block_on(async {
-            let socket = TcpStream::from_std(accepted).unwrap();
-            let mut buf = Vec::with_capacity(64);
-            let mut got = 0;
-            while got < 10 {
-                got += receive_some(&socket, &mut buf).await.unwrap();
-            }
-            assert_eq!(buf, b"late bytes");
-            drop(writer.join().unwrap());
-            buf.clear();
-            assert_eq!(receive_some(&socket, &mut buf).await.unwrap(), 0);
+        on_each_driver(|rt| {
+            let (accepted, mut peer) = pair();
+            let writer = std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(50));
+                peer.write_all(b"late bytes").unwrap();
+                peer
+            });
+            rt.block_on(async {
+                let socket = TcpStream::from_std(accepted).unwrap();
+                let mut buf = Vec::with_capacity(64);
+                let mut got = 0;
+                while got < 10 {
+                    got += receive_some(&socket, &mut buf).await.unwrap();
+                }
+                assert_eq!(buf, b"late bytes");
+                drop(writer.join().unwrap());
+                buf.clear();
+                assert_eq!(receive_some(&socket, &mut buf).await.unwrap(), 0);
+            });
         });
     }
 }
