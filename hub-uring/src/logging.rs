@@ -5,8 +5,9 @@
 //! log a reason, not the credential.
 //!
 //! Warnings a network peer can set off at will go through `warn_limited!`: at most
-//! [`LIMIT_BURST`] lines per call site every [`LIMIT_WINDOW`], so a scanner on the tunnel port
-//! or a PDP outage under load cannot flood the log; the metrics still count every event.
+//! [`LIMIT_BURST`] lines per call site and reason every [`LIMIT_WINDOW`], so a scanner on the
+//! tunnel port or a PDP outage under load cannot flood the log; the metrics still count every
+//! event.
 
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
