@@ -217,15 +217,24 @@ impl Hub {
 
     /// Waits for a log line whose message is `message`.
     pub fn wait_log(&self, message: &str, within: Duration) -> serde_json::Value {
+        let mut lines = self.logs_until(message, within);
+        lines.pop().expect("the line waited for closes the list")
+    }
+
+    /// The log lines from now up to and including the first whose message is `message`.
+    pub fn logs_until(&self, message: &str, within: Duration) -> Vec<serde_json::Value> {
         let deadline = Instant::now() + within;
+        let mut lines = Vec::new();
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             let line = self
                 .logs
                 .recv_timeout(left)
                 .unwrap_or_else(|_| panic!("no log line {message:?}"));
-            if line["message"] == message {
-                return line;
+            let found = line["message"] == message;
+            lines.push(line);
+            if found {
+                return lines;
             }
         }
     }
