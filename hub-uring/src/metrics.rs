@@ -320,6 +320,9 @@ struct ShardFamilies {
     ring_buffers: Family<ShardLabels, Gauge>,
     ring_in_use: Family<ShardLabels, Gauge>,
     ring_exhausted: Family<ShardLabels, Counter>,
+    splice_pipes: Family<ShardLabels, Counter>,
+    splice_refused: Family<ShardLabels, Counter>,
+    spliced_bytes: Family<ShardLabels, Counter>,
     cross_shard: Family<CrossShardLabels, Counter>,
     streams: Family<ShardLabels, Gauge>,
     sessions: Family<ShardLabels, Gauge>,
@@ -338,6 +341,9 @@ impl ShardFamilies {
                 ring_buffers: self.ring_buffers.get_or_create_owned(&labels),
                 ring_in_use: self.ring_in_use.get_or_create_owned(&labels),
                 ring_exhausted: self.ring_exhausted.get_or_create_owned(&labels),
+                splice_pipes: self.splice_pipes.get_or_create_owned(&labels),
+                splice_refused: self.splice_refused.get_or_create_owned(&labels),
+                spliced_bytes: self.spliced_bytes.get_or_create_owned(&labels),
                 cross_shard: (0..shards)
                     .map(|to| {
                         self.cross_shard
@@ -360,6 +366,9 @@ struct ShardHandles {
     ring_buffers: Gauge,
     ring_in_use: Gauge,
     ring_exhausted: Counter,
+    splice_pipes: Counter,
+    splice_refused: Counter,
+    spliced_bytes: Counter,
     /// Indexed by the destination shard.
     cross_shard: Box<[Counter]>,
     streams: Gauge,
@@ -411,6 +420,22 @@ impl ShardMetrics {
     /// A client receive found the shard's ring empty and fell back to the buffer pool.
     pub fn recv_ring_exhausted(&self) {
         self.inner.ring_exhausted.inc();
+    }
+
+    /// A bulk client stream got a pipe to splice its bytes to the agent.
+    pub fn splice_pipe_opened(&self) {
+        self.inner.splice_pipes.inc();
+    }
+
+    /// A bulk client stream could have spliced but got no pipe (file descriptors or pipe
+    /// memory ran out), and stays on buffers.
+    pub fn splice_pipe_refused(&self) {
+        self.inner.splice_refused.inc();
+    }
+
+    /// `n` client bytes went to the agent by splice, not through a buffer.
+    pub fn spliced(&self, n: u64) {
+        self.inner.spliced_bytes.inc_by(n);
     }
 
     /// `n` frames were handed from this shard to shard `to` through its ring.
@@ -571,6 +596,9 @@ impl HubMetrics {
             ring_buffers: Family::default(),
             ring_in_use: Family::default(),
             ring_exhausted: Family::default(),
+            splice_pipes: Family::default(),
+            splice_refused: Family::default(),
+            spliced_bytes: Family::default(),
             cross_shard: Family::default(),
             streams: Family::default(),
             sessions: Family::default(),
@@ -606,6 +634,21 @@ impl HubMetrics {
             "recv_ring_exhausted",
             "Client receives that found the shard's ring empty and used the buffer pool",
             sf.ring_exhausted.clone(),
+        );
+        registry.register(
+            "splice_pipes",
+            "Bulk client streams that got a pipe to splice their bytes to the agent",
+            sf.splice_pipes.clone(),
+        );
+        registry.register(
+            "splice_pipes_refused",
+            "Bulk client streams that got no pipe (descriptors or pipe memory ran out) and stayed on buffers",
+            sf.splice_refused.clone(),
+        );
+        registry.register(
+            "spliced_bytes",
+            "Client bytes moved to the agent by splice, without a copy through the hub",
+            sf.spliced_bytes.clone(),
         );
         registry.register(
             "cross_shard_messages",

@@ -548,6 +548,40 @@ fn idle_clients_hold_no_buffer(ring: bool) {
 /// stream still arrives once and in order.
 #[test]
 fn a_dry_receive_ring_loses_nothing() {
+    let driver = test_driver();
+    let hub = stalled_bulk_clients(", recv_buffers: 8");
+    if driver == "io_uring" {
+        let dry = hub
+            .metric("nowconnect_recv_ring_exhausted_total{shard=\"0\"}")
+            .unwrap_or(0.0);
+        assert!(dry > 0.0, "the ring of eight buffers never ran dry");
+    }
+}
+
+/// Bulk streams on a plain session move their bytes to the agent by splice (the default): the
+/// same stalled clients lose nothing, and the hub counts the spliced bytes.
+#[test]
+fn spliced_bulk_streams_lose_nothing() {
+    let hub = stalled_bulk_clients("");
+    let spliced = hub.metric("nowconnect_spliced_bytes_total{shard=\"0\"}");
+    assert!(spliced.unwrap_or(0.0) > 0.0, "no bulk stream was spliced");
+    let pipes = hub.metric("nowconnect_splice_pipes_total{shard=\"0\"}");
+    assert!(pipes.unwrap_or(0.0) >= 1.0, "no pipe was opened");
+}
+
+/// With `hub.splice: false` the same bytes all go through buffers.
+#[test]
+fn splice_off_keeps_every_stream_on_buffers() {
+    let hub = stalled_bulk_clients(", splice: false");
+    let spliced = hub.metric("nowconnect_spliced_bytes_total{shard=\"0\"}");
+    assert_eq!(spliced.unwrap_or(0.0), 0.0, "spliced with splice off");
+}
+
+/// Many clients send a mebibyte each at once into a tunnel the agent does not read for a
+/// while, through a hub whose `hub:` section has `hub_extra` added; checks that every byte of
+/// every stream arrives once and in order, followed by its FIN. Returns the hub, for its
+/// metrics.
+fn stalled_bulk_clients(hub_extra: &str) -> Hub {
     const CLIENTS: usize = 32;
     const BYTES: usize = 1 << 20;
     let dir = TempDir::new("hub");
@@ -557,9 +591,9 @@ fn a_dry_receive_ring_loses_nothing() {
     let driver = test_driver();
     let yaml = hub_yaml(&jwks, &["sink"], "").replace(
         &format!("driver: {driver} }}"),
-        &format!("driver: {driver}, recv_buffers: 8 }}"),
+        &format!("driver: {driver}{hub_extra} }}"),
     );
-    assert!(yaml.contains("recv_buffers: 8"));
+    assert!(yaml.contains(hub_extra));
     let hub = Hub::start(dir, &yaml);
     let mut agent = RawAgent::connect(
         hub.addrs.tunnel,
@@ -624,10 +658,5 @@ fn a_dry_receive_ring_loses_nothing() {
         assert_eq!(bytes.len(), BYTES, "stream {i}");
         assert!(bytes == pattern(i), "stream {i}: bytes differ");
     }
-    if driver == "io_uring" {
-        let dry = hub
-            .metric("nowconnect_recv_ring_exhausted_total{shard=\"0\"}")
-            .unwrap_or(0.0);
-        assert!(dry > 0.0, "the ring of eight buffers never ran dry");
-    }
+    hub
 }

@@ -120,12 +120,19 @@ fn an_agent_session_over_tls() {
     };
     assert_eq!(welcome.accepted.len(), 1);
 
-    // A client's bytes arrive over the TLS session as OPEN + DATA.
+    // A client's bytes arrive over the TLS session as OPEN + DATA: a few, then a bulk run
+    // (within one window) that would be spliced on a plain session. Spliced bytes bypass TLS,
+    // so none may be.
     let mut client = TcpStream::connect(hub.addrs.listeners[0]).unwrap();
+    let bulk: Vec<u8> = (0..200_000u32).map(|i| (i % 241) as u8).collect();
+    let mut sent = b"over tls".to_vec();
+    sent.extend_from_slice(&bulk);
     client.write_all(b"over tls").unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    client.write_all(&bulk).unwrap();
     let mut frames = nowconnect_core::frame::FrameDecoder::new(1 << 20);
-    let mut got_data = false;
-    while !got_data {
+    let mut got = Vec::new();
+    while got.len() < sent.len() {
         let n = tls.read(&mut chunk).unwrap();
         assert!(n > 0);
         let mut input = chunk[..n].to_vec();
@@ -139,13 +146,19 @@ fn an_agent_session_over_tls() {
                     let (used, f) = frames.decode(rest).unwrap();
                     rest = &rest[used..];
                     if let Some(nowconnect_core::frame::Frame::Data { payload, .. }) = f {
-                        assert_eq!(payload, b"over tls");
-                        got_data = true;
+                        got.extend_from_slice(payload);
                     }
                 }
             }
         }
     }
+    assert!(got == sent, "bytes over TLS differ");
+    assert_eq!(
+        hub.metric("nowconnect_spliced_bytes_total{shard=\"0\"}")
+            .unwrap_or(0.0),
+        0.0,
+        "a TLS session's streams must not splice"
+    );
 }
 
 #[test]

@@ -67,7 +67,7 @@ impl Default for HubConfig {
 }
 
 /// The `hub:` section: how the hub spreads work over cores.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RuntimeConfig {
     /// How many shards (threads, one per core) to run. Default `auto`.
@@ -78,6 +78,20 @@ pub struct RuntimeConfig {
     /// receive). Default 0: no ring, clients are read when readable, as under epoll. 8 to
     /// 16384 turn the ring on, rounded up to a power of two. Unused under epoll.
     pub recv_buffers: u32,
+    /// Whether a bulk client stream's bytes go to a plain (non-TLS) agent connection with
+    /// `splice(2)`, without being copied through the hub. Default true.
+    pub splice: bool,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> RuntimeConfig {
+        RuntimeConfig {
+            shards: Shards::default(),
+            driver: Driver::default(),
+            recv_buffers: 0,
+            splice: true,
+        }
+    }
 }
 
 /// The number of shards: `auto` or a count.

@@ -15,6 +15,7 @@ use compio::BufResult;
 use compio::driver::ErrorExt;
 use compio::io::{AsyncReadMulti, AsyncWriteExt};
 use compio::net::TcpStream;
+use compio::runtime::fd::PollFd;
 use compio::runtime::{CancelToken, StreamExt as _};
 use futures_util::StreamExt;
 use futures_util::future::{Either, select};
@@ -25,6 +26,7 @@ use super::ShardCtx;
 use super::pool::receive_now;
 use super::ring::RecvBuf;
 use super::session::{Mailbox, SessionCtx, ToClient};
+use super::splice::{self, Pipe};
 use super::transport::shut_write;
 use crate::metrics::{ConnectorMetrics, RejectReason};
 use crate::pdp::Decision;
@@ -174,10 +176,104 @@ async fn client_to_agent(
             return Outcome::Reset;
         }
         match read_pooled(shard, session, id, &reader, credit, metrics).await {
+            Read::Bytes { filled: true } if session.can_splice() => {
+                // A bulk stream: from here on its bytes bypass the hub's memory, if a pipe
+                // can be had (file descriptors and pipe memory are limited).
+                if let Some(pipe) = splice_pipe(shard, &reader) {
+                    // Boxed: only bulk streams need room for it.
+                    let spliced = splice_to_agent(
+                        shard, session, id, &reader, &readiness, &pipe, credit, metrics,
+                    );
+                    return Box::pin(spliced).await;
+                }
+                drained = false;
+            }
             Read::Bytes { filled } => drained = !filled,
             Read::NoCredit => drained = false,
             Read::NotReady => drained = true,
             Read::End(outcome) => return outcome,
+        }
+    }
+}
+
+/// A pipe for a bulk stream, or none when the system refuses one (the stream then goes on
+/// through buffers).
+fn splice_pipe(shard: &ShardCtx, reader: &TcpStream) -> Option<Rc<Pipe>> {
+    let size = (shard.shared.config.limits.stream_window_bytes as usize).clamp(64 << 10, 1 << 20);
+    match Pipe::new(size).and_then(|pipe| splice::set_nonblocking(reader).map(|()| pipe)) {
+        Ok(pipe) => {
+            shard.metrics.splice_pipe_opened();
+            Some(Rc::new(pipe))
+        }
+        Err(e) => {
+            shard.metrics.splice_pipe_refused();
+            tracing::debug!(error = %e, "no pipe for a bulk stream; it stays on buffers");
+            None
+        }
+    }
+}
+
+/// Client → agent for a bulk stream on a plain session: the client's bytes move into the
+/// stream's pipe, as much as the credit allows, and the session's writer moves them on to the
+/// agent behind each frame's header (see [`super::splice`]). Done when the client
+/// half-closed.
+#[allow(clippy::too_many_arguments)]
+async fn splice_to_agent(
+    shard: &ShardCtx,
+    session: &SessionCtx,
+    id: StreamId,
+    reader: &TcpStream,
+    readiness: &PollFd<socket2::Socket>,
+    pipe: &Rc<Pipe>,
+    credit: &Notify,
+    metrics: &ConnectorMetrics,
+) -> Outcome {
+    // Called after a read that filled its buffer: more bytes are likely waiting.
+    let mut drained = false;
+    loop {
+        if drained && readiness.read_ready().await.is_err() {
+            session.client_reset(id);
+            return Outcome::Reset;
+        }
+        let allowed = session.credit(id);
+        if allowed == 0 {
+            if session.has_ended() {
+                return Outcome::Reset;
+            }
+            credit.notified().await;
+            drained = false;
+            continue;
+        }
+        match pipe.fill(reader, allowed) {
+            Ok(0) => {
+                session.finish(id);
+                return Outcome::Done;
+            }
+            Ok(n) => {
+                metrics.bytes_to_agent(n as u64);
+                shard.metrics.spliced(n as u64);
+                if session.send_spliced(id, pipe, n).is_err() {
+                    // The stream is gone (reset while we read); the other direction says why.
+                    return Outcome::Reset;
+                }
+                drained = false;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                if pipe.held() > 0 {
+                    // The client may have nothing, or the pipe may be full: wait until the
+                    // writer takes some, then look again.
+                    pipe.drained().await;
+                    drained = false;
+                } else {
+                    drained = true;
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => {
+                tracing::debug!(stream = %id, error = %e, "client splice failed");
+                session.client_reset(id);
+                return Outcome::Reset;
+            }
         }
     }
 }

@@ -16,6 +16,7 @@ pub(crate) mod mesh;
 pub(crate) mod pool;
 pub(crate) mod ring;
 mod session;
+mod splice;
 mod transport;
 mod tunnel;
 

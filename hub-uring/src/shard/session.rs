@@ -25,6 +25,7 @@ use tokio::sync::Notify;
 
 use super::pool::HEADROOM;
 use super::ring::RecvBuf;
+use super::splice::Pipe;
 use super::transport::Conn;
 use super::{ShardCtx, now_unix};
 use crate::auth::Identity;
@@ -152,6 +153,14 @@ enum OutBuf {
     /// Client bytes received into the shard's ring, the headers written in front of them.
     /// The buffer returns to the ring when this is dropped.
     Ring(RecvBuf),
+    /// The headers of a DATA frame whose `len` payload bytes wait in a stream's pipe; the
+    /// writer sends `head[start..]`, then moves the payload (see [`super::splice`]).
+    Spliced {
+        head: [u8; HEADROOM],
+        start: usize,
+        pipe: Rc<Pipe>,
+        len: usize,
+    },
 }
 
 impl IoBuf for OutBuf {
@@ -159,6 +168,7 @@ impl IoBuf for OutBuf {
         match self {
             OutBuf::Vec { buf, start, .. } => &buf[*start..],
             OutBuf::Ring(buf) => buf.as_init(),
+            OutBuf::Spliced { head, start, .. } => &head[*start..],
         }
     }
 }
@@ -184,6 +194,8 @@ pub(crate) struct SessionCtx {
     heartbeat: RefCell<Heartbeat>,
     ended: Cell<Option<Ending>>,
     ended_notify: Notify,
+    /// Whether client bytes may be spliced to the agent (a plain connection, `hub.splice`).
+    splice: Cell<bool>,
     open_timeout_ms: u64,
     /// When the agent's token expires (seconds since the epoch).
     token_exp: u64,
@@ -227,6 +239,7 @@ impl SessionCtx {
             out_notify: Notify::new(),
             ended: Cell::new(None),
             ended_notify: Notify::new(),
+            splice: Cell::new(false),
             token_exp: identity.exp,
             subject,
         })
@@ -304,6 +317,30 @@ impl SessionCtx {
         let start = self.seal(id, buf.frame_mut(), len)?;
         buf.set_start(start);
         self.push_out(OutBuf::Ring(buf));
+        Ok(())
+    }
+
+    /// Whether bulk client streams may move their bytes through a pipe ([`super::splice`]).
+    pub(crate) fn can_splice(&self) -> bool {
+        self.splice.get()
+    }
+
+    /// Sends the `len` bytes the client reader just moved into `pipe` as one DATA frame in one
+    /// WebSocket message. The caller checked [`SessionCtx::credit`].
+    pub(crate) fn send_spliced(
+        &self,
+        id: StreamId,
+        pipe: &Rc<Pipe>,
+        len: usize,
+    ) -> Result<(), SendError> {
+        let mut head = [0u8; HEADROOM];
+        let start = self.seal(id, &mut head, len)?;
+        self.push_out(OutBuf::Spliced {
+            head,
+            start,
+            pipe: pipe.clone(),
+            len,
+        });
         Ok(())
     }
 
@@ -557,6 +594,8 @@ impl SessionCtx {
         decoder: ws::Decoder,
         leftover: Vec<u8>,
     ) -> Ending {
+        self.splice
+            .set(self.shard.shared.config.hub.splice && conn.prepare_splice());
         let (reader, writer) = (conn.clone(), conn);
         let writer_task = compio::runtime::spawn(self.clone().write_loop(writer));
         let timer_task = compio::runtime::spawn(self.clone().timer_loop());
@@ -709,10 +748,12 @@ impl SessionCtx {
         loop {
             {
                 let mut out = self.out.borrow_mut();
-                // Batch what is queued into one vectored write.
+                // Batch what is queued into one vectored write, up to and including the first
+                // spliced frame, whose payload must follow its headers.
                 while let Some(o) = out.pop_front() {
+                    let spliced = matches!(o, OutBuf::Spliced { .. });
                     batch.push(o);
-                    if batch.len() >= 64 {
+                    if spliced || batch.len() >= 64 {
                         break;
                     }
                 }
@@ -725,7 +766,17 @@ impl SessionCtx {
                 self.out_notify.notified().await;
                 continue;
             }
-            let (result, mut returned) = writer.write_batch(std::mem::take(&mut batch)).await;
+            let payload = match batch.last() {
+                Some(OutBuf::Spliced { pipe, len, .. }) => Some((pipe.clone(), *len)),
+                _ => None,
+            };
+            let (mut result, mut returned) = writer
+                .write_batch(std::mem::take(&mut batch), payload.is_some())
+                .await;
+            if let (Ok(()), Some((pipe, len))) = (&result, payload) {
+                let more = !self.out.borrow().is_empty();
+                result = writer.splice_from(&pipe, len, more).await;
+            }
             for out in returned.drain(..) {
                 if let OutBuf::Vec {
                     buf, pooled: true, ..

@@ -294,7 +294,7 @@ impl Conn {
             self.cipher_out = out;
             return Ok(());
         }
-        let result = send_all(&self.tcp, std::slice::from_ref(&out)).await;
+        let result = send_all(&self.tcp, std::slice::from_ref(&out), false).await;
         self.cipher_out = out;
         result
     }
@@ -359,7 +359,7 @@ impl Conn {
     pub(crate) async fn write_all(&mut self, plain: Vec<u8>) -> (io::Result<()>, Vec<u8>) {
         match self.tls.clone() {
             None => {
-                let result = send_all(&self.tcp, std::slice::from_ref(&plain)).await;
+                let result = send_all(&self.tcp, std::slice::from_ref(&plain), false).await;
                 (result, plain)
             }
             Some(tls) => {
@@ -371,14 +371,16 @@ impl Conn {
         }
     }
 
-    /// Writes several buffers in order, vectored on plain TCP.
+    /// Writes several buffers in order, vectored on plain TCP. `more` says that more bytes
+    /// follow at once (a spliced payload), so the kernel may hold back a partial segment.
     pub(crate) async fn write_batch<T: compio::buf::IoBuf>(
         &mut self,
         bufs: Vec<T>,
+        more: bool,
     ) -> (io::Result<()>, Vec<T>) {
         match self.tls.clone() {
             None => {
-                let result = send_all(&self.tcp, &bufs).await;
+                let result = send_all(&self.tcp, &bufs, more).await;
                 (result, bufs)
             }
             Some(tls) => {
@@ -390,6 +392,26 @@ impl Conn {
                 (self.flush_tls().await, bufs)
             }
         }
+    }
+
+    /// Whether bytes can be spliced into this connection: plain TCP, made non-blocking (which
+    /// this does) so that a full socket cannot block the shard.
+    pub(crate) fn prepare_splice(&self) -> bool {
+        self.tls.is_none() && super::splice::set_nonblocking(&self.tcp).is_ok()
+    }
+
+    /// Moves `len` bytes from `pipe` into the connection; after [`Conn::prepare_splice`] said
+    /// yes.
+    pub(crate) async fn splice_from(
+        &self,
+        pipe: &super::splice::Pipe,
+        len: usize,
+        more: bool,
+    ) -> io::Result<()> {
+        if self.tls.is_some() {
+            return Err(io::Error::other("splice into a TLS connection"));
+        }
+        pipe.drain(&self.tcp, len, more).await
     }
 
     /// Ends our direction: TLS close_notify, then a TCP half-close.
@@ -460,11 +482,15 @@ const MAX_SEND_SLICES: usize = 64;
 /// for the socket to become writable only when it is full. Under io_uring this spares each
 /// write the socket takes at once (nearly all of them) a trip through the ring and a wake-up
 /// of this task; under epoll it is what compio's own write does.
-async fn send_all<T: compio::buf::IoBuf>(tcp: &TcpStream, bufs: &[T]) -> io::Result<()> {
+async fn send_all<T: compio::buf::IoBuf>(
+    tcp: &TcpStream,
+    bufs: &[T],
+    more: bool,
+) -> io::Result<()> {
     let total: usize = bufs.iter().map(|b| b.as_init().len()).sum();
     let mut sent = 0;
     while sent < total {
-        match send_now(tcp, bufs, sent) {
+        match send_now(tcp, bufs, sent, more) {
             Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
             Ok(n) => sent += n,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
@@ -478,11 +504,13 @@ async fn send_all<T: compio::buf::IoBuf>(tcp: &TcpStream, bufs: &[T]) -> io::Res
 }
 
 /// One non-blocking vectored send of `bufs` from byte `skip` on (of them all), up to
-/// [`MAX_SEND_SLICES`] buffers; returns how many bytes the socket took.
+/// [`MAX_SEND_SLICES`] buffers, with `MSG_MORE` if `more`; returns how many bytes the socket
+/// took.
 fn send_now<T: compio::buf::IoBuf>(
     tcp: &TcpStream,
     bufs: &[T],
     mut skip: usize,
+    more: bool,
 ) -> io::Result<usize> {
     let mut slices = [io::IoSlice::new(&[]); MAX_SEND_SLICES];
     let mut count = 0;
@@ -499,8 +527,11 @@ fn send_now<T: compio::buf::IoBuf>(
             break;
         }
     }
-    socket2::SockRef::from(tcp)
-        .send_vectored_with_flags(&slices[..count], libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL)
+    let more = if more { libc::MSG_MORE } else { 0 };
+    socket2::SockRef::from(tcp).send_vectored_with_flags(
+        &slices[..count],
+        libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL | more,
+    )
 }
 
 #[cfg(test)]
@@ -557,7 +588,7 @@ mod tests {
             });
             rt.block_on(async {
                 let socket = TcpStream::from_std(accepted).unwrap();
-                send_all(&socket, &bufs).await.unwrap();
+                send_all(&socket, &bufs, false).await.unwrap();
             });
             let got = reader.join().unwrap();
             assert_eq!(got.len(), expected.len());
@@ -572,7 +603,7 @@ mod tests {
             rt.block_on(async {
                 let socket = TcpStream::from_std(accepted).unwrap();
                 let bufs = [b"abc".to_vec(), b"defg".to_vec(), b"hi".to_vec()];
-                assert_eq!(send_now(&socket, &bufs, 5).unwrap(), 4);
+                assert_eq!(send_now(&socket, &bufs, 5, false).unwrap(), 4);
             });
             let mut got = [0u8; 4];
             peer.read_exact(&mut got).unwrap();

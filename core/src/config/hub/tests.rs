@@ -113,6 +113,7 @@ fn defaults_are_documented_values() {
     assert_eq!(c.hub.shards, Shards::Auto);
     assert_eq!(c.hub.driver, Driver::Auto);
     assert_eq!(c.hub.recv_buffers, 0, "no receive ring unless asked for");
+    assert!(c.hub.splice, "bulk streams splice unless told not to");
     assert_eq!(c.tunnel.listen, "0.0.0.0:8443".parse().unwrap());
     assert_eq!(c.tunnel.path, "/nowconnect/v1/tunnel");
     assert_eq!(c.tunnel.public_url, None);
@@ -554,6 +555,16 @@ fn recv_buffers_rules() {
             )
         );
     }
+}
+
+#[test]
+fn splice_is_a_switch() {
+    let c = HubConfig::load(&format!("{MINIMAL}hub: {{ splice: false }}\n"), no_env).unwrap();
+    assert!(!c.hub.splice);
+    let c = HubConfig::load(MINIMAL, no_env).unwrap();
+    assert!(c.hub.splice, "on when the hub section leaves it out");
+    let err = load_err("hub: { splice: sometimes }\n");
+    assert_key(&err, "hub.splice");
 }
 
 #[test]

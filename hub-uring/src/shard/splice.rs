@@ -1,0 +1,216 @@
+//! Client bytes moved to a plain agent connection without passing through the hub's memory.
+//!
+//! A bulk client stream gets a pipe of its own. Its reader moves what the client sent into the
+//! pipe with `splice(2)` (the kernel hands over references to the received pages), queues a
+//! DATA frame header that says how many bytes follow, and the session's writer sends the
+//! header and then moves exactly that many bytes from the pipe into the agent connection, again
+//! by reference. The two copies a receive and a send would make in the hub are gone; the
+//! agent's receive makes the only one. Hub → agent frames are not masked, so the bytes travel
+//! as they are; agent → hub frames are masked and still pass through a buffer to be unmasked.
+//!
+//! A pipe is first in, first out, and only its stream fills it, so the writer, taking the
+//! stream's frames in order, always takes the bytes its header announced. Both ends are
+//! non-blocking: nothing here can stall a shard.
+
+use std::cell::Cell;
+use std::io;
+use std::os::fd::{AsFd, OwnedFd};
+
+use compio::net::TcpStream;
+use rustix::pipe::{PipeFlags, SpliceFlags};
+use tokio::sync::Notify;
+
+/// One stream's pipe and how many bytes it holds.
+pub(crate) struct Pipe {
+    read: OwnedFd,
+    write: OwnedFd,
+    /// Bytes moved in and not yet out.
+    held: Cell<usize>,
+    /// Signalled each time the writer has moved bytes out.
+    drained: Notify,
+}
+
+impl Pipe {
+    /// A non-blocking pipe, asked to hold `size` bytes. The kernel may keep it smaller (the
+    /// per-user limit on pipe memory); a smaller pipe only means shorter splices.
+    pub(crate) fn new(size: usize) -> io::Result<Pipe> {
+        let (read, write) = rustix::pipe::pipe_with(PipeFlags::NONBLOCK | PipeFlags::CLOEXEC)?;
+        let _ = rustix::pipe::fcntl_setpipe_size(&write, size);
+        Ok(Pipe {
+            read,
+            write,
+            held: Cell::new(0),
+            drained: Notify::new(),
+        })
+    }
+
+    /// Bytes in the pipe that the writer has not taken yet.
+    pub(crate) fn held(&self) -> usize {
+        self.held.get()
+    }
+
+    /// Moves what `from` has received, up to `max` bytes, into the pipe without waiting.
+    /// `Ok(0)` is the end of `from`'s stream. `WouldBlock` means `from` had nothing, or the
+    /// pipe is full (only possible while [`Pipe::held`] is not zero).
+    pub(crate) fn fill(&self, from: &TcpStream, max: usize) -> io::Result<usize> {
+        let n = rustix::pipe::splice(
+            from.as_fd(),
+            None,
+            &self.write,
+            None,
+            max,
+            SpliceFlags::NONBLOCK | SpliceFlags::MOVE,
+        )?;
+        self.held.set(self.held.get() + n);
+        Ok(n)
+    }
+
+    /// Waits until the writer has taken some of the pipe's bytes (at once if it did since the
+    /// last wait).
+    pub(crate) async fn drained(&self) {
+        self.drained.notified().await;
+    }
+
+    /// Moves `len` bytes from the pipe into `to`, waiting for `to` to become writable when it
+    /// is full. `to` must be non-blocking, or a full socket would block the shard. `more` says
+    /// more bytes follow at once, so the kernel need not push a partly filled segment.
+    pub(crate) async fn drain(&self, to: &TcpStream, len: usize, more: bool) -> io::Result<()> {
+        debug_assert!(len <= self.held.get(), "drain only what was filled");
+        let flags = if more {
+            SpliceFlags::NONBLOCK | SpliceFlags::MOVE | SpliceFlags::MORE
+        } else {
+            SpliceFlags::NONBLOCK | SpliceFlags::MOVE
+        };
+        let mut left = len;
+        let result = loop {
+            if left == 0 {
+                break Ok(());
+            }
+            match rustix::pipe::splice(&self.read, None, to.as_fd(), None, left, flags) {
+                // The pipe held fewer bytes than were filled: never, unless the pipe was
+                // tampered with. Fail the connection rather than send a short frame.
+                Ok(0) => break Err(io::Error::other("pipe emptied early")),
+                Ok(n) => {
+                    left -= n;
+                    self.held.set(self.held.get() - n);
+                }
+                Err(e) if e == rustix::io::Errno::AGAIN => {
+                    if let Err(e) = wait_writable(to).await {
+                        break Err(e);
+                    }
+                }
+                Err(e) if e == rustix::io::Errno::INTR => {}
+                Err(e) => break Err(e.into()),
+            }
+        };
+        self.drained.notify_one();
+        result
+    }
+}
+
+async fn wait_writable(to: &TcpStream) -> io::Result<()> {
+    to.to_poll_fd()?.write_ready().await
+}
+
+/// Makes `socket` non-blocking, as splicing into or out of it needs. compio's io_uring
+/// operations ignore the flag (they wait as before), and its epoll driver sets it anyway.
+pub(crate) fn set_nonblocking(socket: &TcpStream) -> io::Result<()> {
+    socket2::SockRef::from(socket).set_nonblocking(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read, Write};
+    use std::time::Duration;
+
+    use super::*;
+
+    fn pair(rt: &compio::runtime::Runtime) -> (TcpStream, std::net::TcpStream) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let outside = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (inside, _) = listener.accept().unwrap();
+        let inside = rt.block_on(async { TcpStream::from_std(inside).unwrap() });
+        set_nonblocking(&inside).unwrap();
+        (inside, outside)
+    }
+
+    #[test]
+    fn bytes_go_through_the_pipe_in_order_and_the_end_reads_as_zero() {
+        let rt = compio::runtime::Runtime::new().unwrap();
+        let (from, mut client) = pair(&rt);
+        let (to, mut agent) = pair(&rt);
+        let pipe = Pipe::new(256 * 1024).unwrap();
+        let data: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+        let sent = data.clone();
+        let writer = std::thread::spawn(move || {
+            client.write_all(&sent).unwrap();
+            client.shutdown(std::net::Shutdown::Write).unwrap();
+        });
+        let reader = std::thread::spawn(move || {
+            let mut got = Vec::new();
+            agent.read_to_end(&mut got).unwrap();
+            got
+        });
+        rt.block_on(async {
+            loop {
+                match pipe.fill(&from, 100_000) {
+                    Ok(0) => break,
+                    Ok(n) => pipe.drain(&to, n, false).await.unwrap(),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        assert_eq!(pipe.held(), 0, "an empty pipe is never full");
+                        from.to_poll_fd().unwrap().read_ready().await.unwrap();
+                    }
+                    Err(e) => panic!("fill failed: {e}"),
+                }
+            }
+            assert_eq!(pipe.held(), 0);
+        });
+        drop(to);
+        writer.join().unwrap();
+        assert!(
+            reader.join().unwrap() == data,
+            "bytes lost, repeated or reordered"
+        );
+    }
+
+    #[test]
+    fn a_drain_waits_for_room_and_takes_exactly_what_it_is_asked() {
+        let rt = compio::runtime::Runtime::new().unwrap();
+        let (from, mut client) = pair(&rt);
+        let (to, mut agent) = pair(&rt);
+        let pipe = Pipe::new(1024 * 1024).unwrap();
+        client.write_all(&[7u8; 200_000]).unwrap();
+        rt.block_on(async {
+            let mut filled = 0;
+            while filled < 200_000 {
+                match pipe.fill(&from, 200_000 - filled) {
+                    Ok(n) => filled += n,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        compio::time::sleep(Duration::from_millis(1)).await
+                    }
+                    Err(e) => panic!("fill failed: {e}"),
+                }
+            }
+        });
+        // Small socket buffers and an agent that reads only later: the drain finds the socket
+        // full and has to wait for room.
+        socket2::SockRef::from(&to)
+            .set_send_buffer_size(4096)
+            .unwrap();
+        agent.set_nonblocking(false).unwrap();
+        socket2::SockRef::from(&agent)
+            .set_recv_buffer_size(4096)
+            .unwrap();
+        let reader = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(100));
+            let mut got = vec![0u8; 150_000];
+            agent.read_exact(&mut got).unwrap();
+            got
+        });
+        rt.block_on(async {
+            pipe.drain(&to, 150_000, true).await.unwrap();
+        });
+        assert_eq!(pipe.held(), 50_000, "the rest stays for the next frame");
+        assert!(reader.join().unwrap().iter().all(|&b| b == 7));
+    }
+}
