@@ -256,7 +256,9 @@ async fn splice_to_agent(
                     // The stream is gone (reset while we read); the other direction says why.
                     return Outcome::Reset;
                 }
-                drained = false;
+                // Less than asked for: the client had no more, or the pipe is full (then the
+                // socket reads as ready at once and the next fill finds out).
+                drained = n < allowed;
             }
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                 if pipe.held() > 0 {
