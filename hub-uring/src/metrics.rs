@@ -321,6 +321,7 @@ struct ShardFamilies {
     ring_in_use: Family<ShardLabels, Gauge>,
     ring_exhausted: Family<ShardLabels, Counter>,
     splice_pipes: Family<ShardLabels, Counter>,
+    splice_pipes_open: Family<ShardLabels, Gauge>,
     splice_refused: Family<ShardLabels, Counter>,
     spliced_bytes: Family<ShardLabels, Counter>,
     cross_shard: Family<CrossShardLabels, Counter>,
@@ -342,6 +343,7 @@ impl ShardFamilies {
                 ring_in_use: self.ring_in_use.get_or_create_owned(&labels),
                 ring_exhausted: self.ring_exhausted.get_or_create_owned(&labels),
                 splice_pipes: self.splice_pipes.get_or_create_owned(&labels),
+                splice_pipes_open: self.splice_pipes_open.get_or_create_owned(&labels),
                 splice_refused: self.splice_refused.get_or_create_owned(&labels),
                 spliced_bytes: self.spliced_bytes.get_or_create_owned(&labels),
                 cross_shard: (0..shards)
@@ -367,6 +369,7 @@ struct ShardHandles {
     ring_in_use: Gauge,
     ring_exhausted: Counter,
     splice_pipes: Counter,
+    splice_pipes_open: Gauge,
     splice_refused: Counter,
     spliced_bytes: Counter,
     /// Indexed by the destination shard.
@@ -427,8 +430,13 @@ impl ShardMetrics {
         self.inner.splice_pipes.inc();
     }
 
-    /// A bulk client stream could have spliced but got no pipe (file descriptors or pipe
-    /// memory ran out), and stays on buffers.
+    /// The shard's spliced streams hold `open` pipes.
+    pub fn set_splice_pipes_open(&self, open: u64) {
+        self.inner.splice_pipes_open.set(gauge_value(open));
+    }
+
+    /// A bulk client stream could have spliced but got no pipe (the shard's pipe budget, file
+    /// descriptors or pipe memory ran out), and stays on buffers.
     pub fn splice_pipe_refused(&self) {
         self.inner.splice_refused.inc();
     }
@@ -597,6 +605,7 @@ impl HubMetrics {
             ring_in_use: Family::default(),
             ring_exhausted: Family::default(),
             splice_pipes: Family::default(),
+            splice_pipes_open: Family::default(),
             splice_refused: Family::default(),
             spliced_bytes: Family::default(),
             cross_shard: Family::default(),
@@ -641,8 +650,13 @@ impl HubMetrics {
             sf.splice_pipes.clone(),
         );
         registry.register(
+            "splice_pipes_open",
+            "Pipes a shard's spliced streams hold now",
+            sf.splice_pipes_open.clone(),
+        );
+        registry.register(
             "splice_pipes_refused",
-            "Bulk client streams that got no pipe (descriptors or pipe memory ran out) and stayed on buffers",
+            "Bulk client streams that got no pipe (the shard's budget, descriptors or pipe memory ran out) and stayed on buffers",
             sf.splice_refused.clone(),
         );
         registry.register(

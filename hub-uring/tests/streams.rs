@@ -164,13 +164,8 @@ fn target_refused_resets_the_client() {
     assert!(reset, "the client must see a TCP reset");
 }
 
-#[test]
-fn client_reset_becomes_rst_6() {
-    let rig = rig(&["svc"], "");
-    let mut agent = rig.agent(&["svc"]);
-    let client = rig.client(0);
-    let id = expect_open(&mut agent);
-    agent.send_frames(&frames(|v| frame::encode_open_ok(v, id)));
+/// Resets `client` (TCP RST) and waits for the hub's RST 6 for its stream `id`.
+fn reset_expecting_rst_6(agent: &mut RawAgent, client: TcpStream, id: StreamId) {
     socket2::SockRef::from(&client)
         .set_linger(Some(Duration::ZERO))
         .unwrap();
@@ -180,6 +175,16 @@ fn client_reset_becomes_rst_6() {
         matches!(f, OwnedFrame::Rst(_, RstCode::PeerReset, _)),
         "{f:?}"
     );
+}
+
+#[test]
+fn client_reset_becomes_rst_6() {
+    let rig = rig(&["svc"], "");
+    let mut agent = rig.agent(&["svc"]);
+    let client = rig.client(0);
+    let id = expect_open(&mut agent);
+    agent.send_frames(&frames(|v| frame::encode_open_ok(v, id)));
+    reset_expecting_rst_6(&mut agent, client, id);
 }
 
 #[test]
@@ -569,6 +574,91 @@ fn spliced_bulk_streams_lose_nothing() {
     assert!(pipes.unwrap_or(0.0) >= 1.0, "no pipe was opened");
 }
 
+/// Receives DATA for `id`, returning credit for each, until `len` bytes came; fails on FIN,
+/// RST or silence before that.
+fn receive_with_credit(agent: &mut RawAgent, id: StreamId, len: usize) -> Vec<u8> {
+    let mut got = Vec::new();
+    while got.len() < len {
+        match agent.next_frame(WAIT) {
+            Some(OwnedFrame::Data(s, d)) if s == id => {
+                agent.send_frames(&frames(|v| frame::encode_window(v, id, d.len() as u32)));
+                got.extend_from_slice(&d);
+            }
+            other => panic!("after {} of {len} bytes: {other:?}", got.len()),
+        }
+    }
+    got
+}
+
+fn spliced_bytes(hub: &Hub) -> f64 {
+    hub.metric("nowconnect_spliced_bytes_total{shard=\"0\"}")
+        .unwrap_or(0.0)
+}
+
+/// TCP urgent data in a spliced stream: a splice stops at the urgent mark for good, a receive
+/// steps over it. Every ordinary byte after the mark still reaches the agent, in order, and
+/// the FIN only after them, whether the FIN follows at once or later.
+#[test]
+fn an_urgent_byte_in_a_spliced_stream_loses_nothing_after_it() {
+    const HALF: usize = 256 * 1024;
+    let rig = rig(&["sink"], "");
+    let mut agent = rig.agent(&["sink"]);
+    for fin_at_once in [true, false] {
+        let mut client = rig.client(0);
+        let id = expect_open(&mut agent);
+        agent.send_frames(&frames(|v| frame::encode_open_ok(v, id)));
+        let before: Vec<u8> = (0..HALF).map(|i| (i % 253) as u8).collect();
+        let after: Vec<u8> = (0..HALF).map(|i| (i % 239) as u8).collect();
+        let spliced = spliced_bytes(&rig.hub);
+        client.write_all(&before).unwrap();
+        assert!(receive_with_credit(&mut agent, id, HALF) == before);
+        assert!(
+            spliced_bytes(&rig.hub) > spliced,
+            "the stream was not spliced before the urgent byte"
+        );
+        socket2::SockRef::from(&client)
+            .send_out_of_band(b"!")
+            .unwrap();
+        client.write_all(&after).unwrap();
+        if fin_at_once {
+            client.shutdown(Shutdown::Write).unwrap();
+        }
+        assert!(
+            receive_with_credit(&mut agent, id, HALF) == after,
+            "the bytes after the urgent byte differ (fin at once: {fin_at_once})"
+        );
+        if !fin_at_once {
+            client.shutdown(Shutdown::Write).unwrap();
+        }
+        let f = agent.expect(
+            WAIT,
+            |f| matches!(f, OwnedFrame::Data(s, _) | OwnedFrame::Fin(s) if *s == id),
+        );
+        assert!(matches!(f, OwnedFrame::Fin(_)), "{f:?} instead of FIN");
+    }
+}
+
+/// A client that resets its connection while its stream is spliced: the agent gets RST 6 and
+/// the session carries the next stream as before.
+#[test]
+fn a_client_reset_on_a_spliced_stream_becomes_rst_6() {
+    let rig = rig(&["svc"], "");
+    let mut agent = rig.agent(&["svc"]);
+    let mut client = rig.client(0);
+    let id = expect_open(&mut agent);
+    agent.send_frames(&frames(|v| frame::encode_open_ok(v, id)));
+    let bulk = vec![9u8; 512 * 1024];
+    client.write_all(&bulk).unwrap();
+    assert!(receive_with_credit(&mut agent, id, bulk.len()) == bulk);
+    assert!(spliced_bytes(&rig.hub) > 0.0, "the stream was not spliced");
+    reset_expecting_rst_6(&mut agent, client, id);
+    let mut next = rig.client(0);
+    let id = expect_open(&mut agent);
+    agent.send_frames(&frames(|v| frame::encode_open_ok(v, id)));
+    next.write_all(b"still here").unwrap();
+    assert_eq!(receive_with_credit(&mut agent, id, 10), b"still here");
+}
+
 /// With `hub.splice: false` the same bytes all go through buffers.
 #[test]
 fn splice_off_keeps_every_stream_on_buffers() {
@@ -593,7 +683,7 @@ fn stalled_bulk_clients(hub_extra: &str) -> Hub {
         &format!("driver: {driver} }}"),
         &format!("driver: {driver}{hub_extra} }}"),
     );
-    assert!(yaml.contains(hub_extra));
+    assert!(hub_extra.is_empty() || yaml.contains(&format!("{hub_extra} }}")));
     let hub = Hub::start(dir, &yaml);
     let mut agent = RawAgent::connect(
         hub.addrs.tunnel,
@@ -629,6 +719,7 @@ fn stalled_bulk_clients(hub_extra: &str) -> Hub {
     // Every stream fills its window while nobody reads the tunnel.
     std::thread::sleep(Duration::from_millis(300));
     let mut got: std::collections::HashMap<StreamId, Vec<u8>> = Default::default();
+    let mut finished = std::collections::HashSet::new();
     let mut fins = 0;
     while fins < CLIENTS {
         let Some(frame) = agent.next_frame(WAIT) else {
@@ -640,10 +731,14 @@ fn stalled_bulk_clients(hub_extra: &str) -> Hub {
         };
         match frame {
             OwnedFrame::Data(id, d) => {
+                assert!(!finished.contains(&id), "DATA on {id} after its FIN");
                 agent.send_frames(&frames(|v| frame::encode_window(v, id, d.len() as u32)));
                 got.entry(id).or_default().extend_from_slice(&d);
             }
-            OwnedFrame::Fin(_) => fins += 1,
+            OwnedFrame::Fin(id) => {
+                assert!(finished.insert(id), "a second FIN on {id}");
+                fins += 1;
+            }
             other => {
                 while let Ok(line) = hub.logs.try_recv() {
                     eprintln!("{line}");

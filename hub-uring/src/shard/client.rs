@@ -170,37 +170,42 @@ async fn client_to_agent(
         return Outcome::Reset;
     };
     let mut drained = true;
+    // Asked for a pipe at most once: a stream refused one stays on buffers.
+    let mut may_splice = session.can_splice();
     loop {
         if drained && readiness.read_ready().await.is_err() {
             session.client_reset(id);
             return Outcome::Reset;
         }
-        match read_pooled(shard, session, id, &reader, credit, metrics).await {
-            Read::Bytes { filled: true } if session.can_splice() => {
-                // A bulk stream: from here on its bytes bypass the hub's memory, if a pipe
-                // can be had (file descriptors and pipe memory are limited).
-                if let Some(pipe) = splice_pipe(shard, &reader) {
-                    // Boxed: only bulk streams need room for it.
-                    let spliced = splice_to_agent(
-                        shard, session, id, &reader, &readiness, &pipe, credit, metrics,
-                    );
-                    return Box::pin(spliced).await;
-                }
-                drained = false;
+        let read = read_pooled(shard, session, id, &reader, credit, metrics).await;
+        if may_splice && matches!(read, Read::Bytes { whole: true, .. }) {
+            // A bulk stream: from here on its bytes bypass the hub's memory, if a pipe can be
+            // had.
+            may_splice = false;
+            if let Some(pipe) = splice_pipe(shard, &reader) {
+                // Boxed: only bulk streams need room for it.
+                let spliced = splice_to_agent(
+                    shard, session, id, &reader, &readiness, &pipe, credit, metrics,
+                );
+                return Box::pin(spliced).await;
             }
-            Read::Bytes { filled } => drained = !filled,
-            Read::NoCredit => drained = false,
-            Read::NotReady => drained = true,
-            Read::End(outcome) => return outcome,
+        }
+        match read.next() {
+            Ok(wait) => drained = wait,
+            Err(outcome) => return outcome,
         }
     }
 }
 
-/// A pipe for a bulk stream, or none when the system refuses one (the stream then goes on
-/// through buffers).
+/// A pipe for a bulk stream, as large as its window (at most 1 MiB), or none when the shard's
+/// budget or the system refuses one (the stream then goes on through buffers).
 fn splice_pipe(shard: &ShardCtx, reader: &TcpStream) -> Option<Rc<Pipe>> {
     let size = (shard.shared.config.limits.stream_window_bytes as usize).clamp(64 << 10, 1 << 20);
-    match Pipe::new(size).and_then(|pipe| splice::set_nonblocking(reader).map(|()| pipe)) {
+    match shard
+        .pipes
+        .pipe(size)
+        .and_then(|pipe| splice::set_nonblocking(reader).map(|()| pipe))
+    {
         Ok(pipe) => {
             shard.metrics.splice_pipe_opened();
             Some(Rc::new(pipe))
@@ -231,6 +236,8 @@ async fn splice_to_agent(
     // Called after a read that filled its buffer: more bytes are likely waiting.
     let mut drained = false;
     loop {
+        // Whether the client socket was just reported readable.
+        let woke = drained;
         if drained && readiness.read_ready().await.is_err() {
             session.client_reset(id);
             return Outcome::Reset;
@@ -244,11 +251,9 @@ async fn splice_to_agent(
             drained = false;
             continue;
         }
-        match pipe.fill(reader, allowed) {
-            Ok(0) => {
-                session.finish(id);
-                return Outcome::Done;
-            }
+        let receive = match pipe.fill(reader, allowed) {
+            // The end of the client's bytes, or an urgent mark (TCP out-of-band data).
+            Ok(0) => true,
             Ok(n) => {
                 metrics.bytes_to_agent(n as u64);
                 shard.metrics.spliced(n as u64);
@@ -259,6 +264,7 @@ async fn splice_to_agent(
                 // Less than asked for: the client had no more, or the pipe is full (then the
                 // socket reads as ready at once and the next fill finds out).
                 drained = n < allowed;
+                false
             }
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                 if pipe.held() > 0 {
@@ -266,15 +272,31 @@ async fn splice_to_agent(
                     // writer takes some, then look again.
                     pipe.drained().await;
                     drained = false;
+                    false
                 } else {
+                    // Readable, yet nothing to splice: an urgent mark, or a spurious wake-up.
                     drained = true;
+                    woke
                 }
             }
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => false,
             Err(e) => {
                 tracing::debug!(stream = %id, error = %e, "client splice failed");
                 session.client_reset(id);
                 return Outcome::Reset;
+            }
+        };
+        if receive {
+            // A splice stops for good at an urgent mark, where a receive steps over it (the
+            // urgent byte itself is not part of the stream). A receive through a buffer tells
+            // the end of the stream from a mark, and its frame queues behind the pipe's, in
+            // order.
+            match Box::pin(read_pooled(shard, session, id, reader, credit, metrics))
+                .await
+                .next()
+            {
+                Ok(wait) => drained = wait,
+                Err(outcome) => return outcome,
             }
         }
     }
@@ -282,14 +304,28 @@ async fn splice_to_agent(
 
 /// What one read into a pooled buffer did.
 enum Read {
-    /// Bytes went to the agent; `filled` when they filled the buffer.
-    Bytes { filled: bool },
+    /// Bytes went to the agent; `filled` when they were all that was asked for, `whole` when
+    /// they filled a whole buffer (a bulk stream, not one short of credit).
+    Bytes { filled: bool, whole: bool },
     /// The stream had no credit; it has been waited for.
     NoCredit,
     /// The client had nothing to read after all.
     NotReady,
     /// This direction is over.
     End(Outcome),
+}
+
+impl Read {
+    /// Whether the receive loop should wait for the client to become readable next, or how
+    /// the direction ended.
+    fn next(self) -> Result<bool, Outcome> {
+        match self {
+            Read::Bytes { filled, .. } => Ok(!filled),
+            Read::NoCredit => Ok(false),
+            Read::NotReady => Ok(true),
+            Read::End(outcome) => Err(outcome),
+        }
+    }
 }
 
 /// Reads what the client has sent into a pooled buffer behind the headroom, as much as the
@@ -325,7 +361,10 @@ async fn read_pooled(
                 // The stream is gone (reset while we read); the other direction says why.
                 return Read::End(Outcome::Reset);
             }
-            Read::Bytes { filled: n == want }
+            Read::Bytes {
+                filled: n == want,
+                whole: n == shard.pool.payload_capacity(),
+            }
         }
         Err(e)
             if matches!(

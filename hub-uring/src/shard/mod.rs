@@ -78,6 +78,8 @@ pub(crate) struct ShardCtx {
     /// Bytes each buffer of the provided-buffer ring receives, when the shard runs on
     /// io_uring and client receives use the ring; `None` under epoll.
     pub(crate) recv_ring: Option<usize>,
+    /// The pipes of streams whose bytes are spliced to the agent.
+    pub(crate) pipes: Rc<splice::PipeBudget>,
     pub(crate) metrics: ShardMetrics,
     /// This shard's sending ends of the hand-off rings, by destination shard.
     outbound: RefCell<Vec<Option<rtrb::Producer<mesh::Handoff>>>>,
@@ -398,6 +400,7 @@ fn shard_thread(
         listeners,
         pool: BufferPool::new(frame_payload, 4096),
         recv_ring: (rt.driver == "io_uring" && ring_on).then_some(ring.buffer_len),
+        pipes: Rc::default(),
         metrics,
         outbound: RefCell::new(ends.outbound),
         origin: Instant::now(),
@@ -525,6 +528,7 @@ async fn shard_main(
         ctx.shared.health.tick(ctx.index);
         let (size, in_use) = ctx.pool.usage();
         ctx.metrics.set_buffer_pool(size, in_use);
+        ctx.metrics.set_splice_pipes_open(ctx.pipes.open() as u64);
         if ctx.recv_ring.is_some() {
             let size = u64::from(ctx.shared.config.hub.recv_buffers).next_power_of_two();
             ctx.metrics.set_recv_ring(size, ring::taken());

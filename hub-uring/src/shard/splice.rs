@@ -11,14 +11,61 @@
 //! A pipe is first in, first out, and only its stream fills it, so the writer, taking the
 //! stream's frames in order, always takes the bytes its header announced. Both ends are
 //! non-blocking: nothing here can stall a shard.
+//!
+//! Pipes cost two file descriptors each and kernel memory the system limits per user, so a
+//! shard opens at most [`PIPES_PER_SHARD`] at once, and only pipes that hold a whole frame;
+//! streams beyond that stay on buffers.
 
 use std::cell::Cell;
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
+use std::rc::Rc;
 
 use compio::net::TcpStream;
 use rustix::pipe::{PipeFlags, SpliceFlags};
 use tokio::sync::Notify;
+
+/// The most pipes one shard keeps open at once: 512 file descriptors, and at most 64 MiB of
+/// pipe capacity with the default 256 KiB stream window.
+pub(crate) const PIPES_PER_SHARD: usize = 256;
+
+/// A shard's count of open pipes.
+#[derive(Debug, Default)]
+pub(crate) struct PipeBudget {
+    open: Cell<usize>,
+}
+
+impl PipeBudget {
+    /// Pipes open now.
+    pub(crate) fn open(&self) -> usize {
+        self.open.get()
+    }
+
+    /// A non-blocking pipe that holds at least `size` bytes, counted against the budget until
+    /// it is dropped. Fails when the shard has [`PIPES_PER_SHARD`] open, when the process is
+    /// out of file descriptors, or when the kernel will not make the pipe that large (the
+    /// per-user limit on pipe memory): a smaller pipe would move a frame in many small pieces.
+    pub(crate) fn pipe(self: &Rc<Self>, size: usize) -> io::Result<Pipe> {
+        if self.open.get() >= PIPES_PER_SHARD {
+            return Err(io::Error::other("the shard's pipes are all in use"));
+        }
+        let (read, write) = rustix::pipe::pipe_with(PipeFlags::NONBLOCK | PipeFlags::CLOEXEC)?;
+        let got = rustix::pipe::fcntl_setpipe_size(&write, size)?;
+        if got < size {
+            return Err(io::Error::other(format!(
+                "the kernel made the pipe {got} bytes, not {size}"
+            )));
+        }
+        self.open.set(self.open.get() + 1);
+        Ok(Pipe {
+            read,
+            write,
+            held: Cell::new(0),
+            drained: Notify::new(),
+            budget: self.clone(),
+        })
+    }
+}
 
 /// One stream's pipe and how many bytes it holds.
 pub(crate) struct Pipe {
@@ -28,22 +75,16 @@ pub(crate) struct Pipe {
     held: Cell<usize>,
     /// Signalled each time the writer has moved bytes out.
     drained: Notify,
+    budget: Rc<PipeBudget>,
+}
+
+impl Drop for Pipe {
+    fn drop(&mut self) {
+        self.budget.open.set(self.budget.open.get() - 1);
+    }
 }
 
 impl Pipe {
-    /// A non-blocking pipe, asked to hold `size` bytes. The kernel may keep it smaller (the
-    /// per-user limit on pipe memory); a smaller pipe only means shorter splices.
-    pub(crate) fn new(size: usize) -> io::Result<Pipe> {
-        let (read, write) = rustix::pipe::pipe_with(PipeFlags::NONBLOCK | PipeFlags::CLOEXEC)?;
-        let _ = rustix::pipe::fcntl_setpipe_size(&write, size);
-        Ok(Pipe {
-            read,
-            write,
-            held: Cell::new(0),
-            drained: Notify::new(),
-        })
-    }
-
     /// Bytes in the pipe that the writer has not taken yet.
     pub(crate) fn held(&self) -> usize {
         self.held.get()
@@ -95,6 +136,11 @@ impl Pipe {
                     self.held.set(self.held.get() - n);
                 }
                 Err(e) if e == rustix::io::Errno::AGAIN => {
+                    // A full socket, or an empty pipe: the latter would be a bug, and waiting
+                    // for room would then never end.
+                    if rustix::io::ioctl_fionread(&self.read).is_ok_and(|n| n == 0) {
+                        break Err(io::Error::other("pipe emptied early"));
+                    }
                     if let Err(e) = wait_writable(to).await {
                         break Err(e);
                     }
@@ -139,7 +185,7 @@ mod tests {
         let rt = compio::runtime::Runtime::new().unwrap();
         let (from, mut client) = pair(&rt);
         let (to, mut agent) = pair(&rt);
-        let pipe = Pipe::new(256 * 1024).unwrap();
+        let pipe = Rc::new(PipeBudget::default()).pipe(256 * 1024).unwrap();
         let data: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
         let sent = data.clone();
         let writer = std::thread::spawn(move || {
@@ -174,11 +220,33 @@ mod tests {
     }
 
     #[test]
+    fn a_shard_opens_at_most_its_budget_of_pipes_and_a_dropped_one_frees_its_place() {
+        let budget = Rc::new(PipeBudget::default());
+        let mut pipes: Vec<Pipe> = (0..PIPES_PER_SHARD)
+            .map(|_| budget.pipe(64 * 1024).unwrap())
+            .collect();
+        assert_eq!(budget.open(), PIPES_PER_SHARD);
+        assert!(budget.pipe(64 * 1024).is_err(), "one pipe over the budget");
+        drop(pipes.pop());
+        assert_eq!(budget.open(), PIPES_PER_SHARD - 1);
+        assert!(budget.pipe(64 * 1024).is_ok());
+    }
+
+    #[test]
+    fn a_pipe_smaller_than_asked_for_is_refused() {
+        // Larger than any pipe an unprivileged process may ask for (`pipe-max-size`, 1 MiB by
+        // default) and than the kernel makes for anyone.
+        let budget = Rc::new(PipeBudget::default());
+        assert!(budget.pipe(1 << 40).is_err());
+        assert_eq!(budget.open(), 0, "a refused pipe is not counted");
+    }
+
+    #[test]
     fn a_drain_waits_for_room_and_takes_exactly_what_it_is_asked() {
         let rt = compio::runtime::Runtime::new().unwrap();
         let (from, mut client) = pair(&rt);
         let (to, mut agent) = pair(&rt);
-        let pipe = Pipe::new(1024 * 1024).unwrap();
+        let pipe = Rc::new(PipeBudget::default()).pipe(1024 * 1024).unwrap();
         client.write_all(&[7u8; 200_000]).unwrap();
         rt.block_on(async {
             let mut filled = 0;
