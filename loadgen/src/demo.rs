@@ -93,8 +93,9 @@ pub(crate) struct DemoResult {
     pub(crate) tunnel: PhaseSet,
     /// The summary table.
     pub(crate) summary: Vec<Row>,
-    /// The hub's `nowconnect_bytes_total`, `nowconnect_shard_driver` and non-zero
-    /// `nowconnect_cross_shard_messages_total` samples after the load.
+    /// The hub's `nowconnect_bytes_total`, `nowconnect_shard_driver`, and non-zero
+    /// `nowconnect_spliced_bytes_total` and `nowconnect_cross_shard_messages_total` samples
+    /// after the load.
     pub(crate) hub_metrics: Vec<String>,
     /// Checks that failed; empty when the demo passed.
     pub(crate) failures: Vec<String>,
@@ -180,12 +181,14 @@ async fn run_with(
         Ok((200, body)) => {
             // The whole scrape stays next to the logs, for when the demo fails.
             let _ = std::fs::write(stack.dir.path.join("hub-metrics.txt"), &body);
-            // Bytes per direction, plus where the hub ran and how many clients crossed shards.
+            // Bytes per direction, plus where the hub ran, how many client bytes it spliced
+            // to the agent and how many clients crossed shards.
             body.lines()
                 .filter(|l| {
                     l.starts_with("nowconnect_bytes_total")
                         || l.starts_with("nowconnect_shard_driver{")
-                        || (l.starts_with("nowconnect_cross_shard_messages_total{")
+                        || ((l.starts_with("nowconnect_spliced_bytes_total{")
+                            || l.starts_with("nowconnect_cross_shard_messages_total{"))
                             && !l.ends_with(" 0"))
                 })
                 .map(str::to_string)
