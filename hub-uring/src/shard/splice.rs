@@ -91,8 +91,10 @@ impl Pipe {
     }
 
     /// Moves what `from` has received, up to `max` bytes, into the pipe without waiting.
-    /// `Ok(0)` is the end of `from`'s stream. `WouldBlock` means `from` had nothing, or the
-    /// pipe is full (only possible while [`Pipe::held`] is not zero).
+    /// `Ok(0)` is the end of `from`'s stream; `WouldBlock` means `from` had nothing, or the
+    /// pipe is full (only possible while [`Pipe::held`] is not zero). Either may also mean that
+    /// `from` sits at a TCP urgent mark, which a splice never passes and a receive steps over:
+    /// the caller tells these apart with a receive.
     pub(crate) fn fill(&self, from: &TcpStream, max: usize) -> io::Result<usize> {
         let n = rustix::pipe::splice(
             from.as_fd(),
