@@ -40,6 +40,14 @@ impl Rig {
         )
     }
 
+    /// A client on the first listener, its stream opened on `agent` and answered OPEN_OK.
+    fn open(&self, agent: &mut RawAgent) -> (TcpStream, StreamId) {
+        let client = self.client(0);
+        let id = expect_open(agent);
+        agent.send_frames(&frames(|v| frame::encode_open_ok(v, id)));
+        (client, id)
+    }
+
     fn client(&self, listener: usize) -> TcpStream {
         let s = TcpStream::connect(self.hub.addrs.listeners[listener]).unwrap();
         s.set_read_timeout(Some(WAIT)).unwrap();
@@ -119,9 +127,7 @@ fn client_first_data_arrives_before_open_ok_and_echo_flows_back() {
 fn half_close_each_way() {
     let rig = rig(&["svc"], "");
     let mut agent = rig.agent(&["svc"]);
-    let mut client = rig.client(0);
-    let id = expect_open(&mut agent);
-    agent.send_frames(&frames(|v| frame::encode_open_ok(v, id)));
+    let (mut client, id) = rig.open(&mut agent);
     // Client → agent half-close: the agent sees FIN, and can still answer.
     client.write_all(b"request").unwrap();
     client.shutdown(Shutdown::Write).unwrap();
@@ -181,9 +187,7 @@ fn reset_expecting_rst_6(agent: &mut RawAgent, client: TcpStream, id: StreamId) 
 fn client_reset_becomes_rst_6() {
     let rig = rig(&["svc"], "");
     let mut agent = rig.agent(&["svc"]);
-    let client = rig.client(0);
-    let id = expect_open(&mut agent);
-    agent.send_frames(&frames(|v| frame::encode_open_ok(v, id)));
+    let (client, id) = rig.open(&mut agent);
     reset_expecting_rst_6(&mut agent, client, id);
 }
 
@@ -191,9 +195,7 @@ fn client_reset_becomes_rst_6() {
 fn agent_disconnect_resets_its_clients() {
     let rig = rig(&["svc"], "heartbeat_ms: 200");
     let mut agent = rig.agent(&["svc"]);
-    let mut client = rig.client(0);
-    let id = expect_open(&mut agent);
-    agent.send_frames(&frames(|v| frame::encode_open_ok(v, id)));
+    let (mut client, _) = rig.open(&mut agent);
     drop(agent);
     let started = Instant::now();
     let (_, reset) = read_to_end_or_reset(&mut client, WAIT);
@@ -205,9 +207,7 @@ fn agent_disconnect_resets_its_clients() {
 fn a_silent_agent_is_dead_after_three_heartbeats() {
     let rig = rig(&["svc"], "heartbeat_ms: 200, sweep_interval_ms: 50");
     let mut agent = rig.agent(&["svc"]);
-    let mut client = rig.client(0);
-    let id = expect_open(&mut agent);
-    agent.send_frames(&frames(|v| frame::encode_open_ok(v, id)));
+    let (mut client, _) = rig.open(&mut agent);
     // From now on the agent reads nothing and answers nothing.
     let started = Instant::now();
     let (_, reset) = read_to_end_or_reset(&mut client, WAIT);
@@ -224,9 +224,7 @@ fn a_silent_agent_is_dead_after_three_heartbeats() {
 fn idle_streams_are_reset_on_both_sides() {
     let rig = rig(&["svc"], "idle_timeout_ms: 400, sweep_interval_ms: 50");
     let mut agent = rig.agent(&["svc"]);
-    let mut client = rig.client(0);
-    let id = expect_open(&mut agent);
-    agent.send_frames(&frames(|v| frame::encode_open_ok(v, id)));
+    let (mut client, id) = rig.open(&mut agent);
     let f = agent.expect(WAIT, |f| matches!(f, OwnedFrame::Rst(s, ..) if *s == id));
     assert!(matches!(f, OwnedFrame::Rst(_, RstCode::Idle, _)), "{f:?}");
     let (_, reset) = read_to_end_or_reset(&mut client, WAIT);
@@ -301,9 +299,7 @@ fn open_timeout_resets_the_client_and_tells_the_agent() {
 fn one_mebibyte_echo_with_credit() {
     let rig = rig(&["echo"], "");
     let mut agent = rig.agent(&["echo"]);
-    let client = rig.client(0);
-    let id = expect_open(&mut agent);
-    agent.send_frames(&frames(|v| frame::encode_open_ok(v, id)));
+    let (client, id) = rig.open(&mut agent);
     let payload: Vec<u8> = (0..1 << 20)
         .map(|i: u32| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
         .collect();
@@ -398,9 +394,7 @@ fn clients_outside_the_allow_list_never_reach_the_agent() {
 fn sigterm_drains_and_lets_a_running_stream_finish() {
     let rig = rig(&["svc"], "drain_timeout_ms: 5000");
     let mut agent = rig.agent(&["svc"]);
-    let mut client = rig.client(0);
-    let id = expect_open(&mut agent);
-    agent.send_frames(&frames(|v| frame::encode_open_ok(v, id)));
+    let (mut client, id) = rig.open(&mut agent);
     rig.hub.terminate();
     // GOAWAY arrives as a text message; the raw agent skips it, the stream keeps working.
     client.write_all(b"in flight").unwrap();
@@ -604,9 +598,7 @@ fn an_urgent_byte_in_a_spliced_stream_loses_nothing_after_it() {
     let rig = rig(&["sink"], "");
     let mut agent = rig.agent(&["sink"]);
     for fin_at_once in [true, false] {
-        let mut client = rig.client(0);
-        let id = expect_open(&mut agent);
-        agent.send_frames(&frames(|v| frame::encode_open_ok(v, id)));
+        let (mut client, id) = rig.open(&mut agent);
         let before: Vec<u8> = (0..HALF).map(|i| (i % 253) as u8).collect();
         let after: Vec<u8> = (0..HALF).map(|i| (i % 239) as u8).collect();
         let spliced = spliced_bytes(&rig.hub);
@@ -644,17 +636,13 @@ fn an_urgent_byte_in_a_spliced_stream_loses_nothing_after_it() {
 fn a_client_reset_on_a_spliced_stream_becomes_rst_6() {
     let rig = rig(&["svc"], "");
     let mut agent = rig.agent(&["svc"]);
-    let mut client = rig.client(0);
-    let id = expect_open(&mut agent);
-    agent.send_frames(&frames(|v| frame::encode_open_ok(v, id)));
+    let (mut client, id) = rig.open(&mut agent);
     let bulk = vec![9u8; 512 * 1024];
     client.write_all(&bulk).unwrap();
     assert!(receive_with_credit(&mut agent, id, bulk.len()) == bulk);
     assert!(spliced_bytes(&rig.hub) > 0.0, "the stream was not spliced");
     reset_expecting_rst_6(&mut agent, client, id);
-    let mut next = rig.client(0);
-    let id = expect_open(&mut agent);
-    agent.send_frames(&frames(|v| frame::encode_open_ok(v, id)));
+    let (mut next, id) = rig.open(&mut agent);
     next.write_all(b"still here").unwrap();
     assert_eq!(receive_with_credit(&mut agent, id, 10), b"still here");
 }
