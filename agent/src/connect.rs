@@ -32,6 +32,24 @@ pub(crate) trait Io: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
 
 impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Io for T {}
 
+/// The connection to a hub.
+pub(crate) enum HubIo {
+    /// Plain TCP, which the session may splice from.
+    Plain(TcpStream),
+    /// TLS over TCP.
+    Tls(Box<dyn Io>),
+}
+
+impl HubIo {
+    /// The connection as a byte stream.
+    fn io(&mut self) -> &mut dyn Io {
+        match self {
+            HubIo::Plain(tcp) => tcp,
+            HubIo::Tls(io) => io.as_mut(),
+        }
+    }
+}
+
 /// Why a session could not be opened.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum ConnectError {
@@ -140,7 +158,7 @@ impl From<HandshakeError> for ConnectError {
 /// An established session, ready for the driver.
 pub(crate) struct Connected {
     /// The connection, positioned after the WELCOME message.
-    pub(crate) io: Box<dyn Io>,
+    pub(crate) io: HubIo,
     /// The WebSocket decoder, mid-stream.
     pub(crate) decoder: ws::Decoder,
     /// Bytes read after WELCOME, not yet decoded.
@@ -185,7 +203,7 @@ async fn connect_inner(
         Some(proxy) => dial_via_proxy(proxy, url.host(), url.port()).await?,
         None => dial_hub(url.host(), url.port()).await?,
     };
-    let mut io: Box<dyn Io> = if url.is_tls() {
+    let mut hub = if url.is_tls() {
         let config = target
             .tls
             .ok_or_else(|| ConnectError::Tls(std::io::Error::other("no TLS configuration")))?;
@@ -195,10 +213,11 @@ async fn connect_inner(
             .connect(name, tcp)
             .await
             .map_err(ConnectError::Tls)?;
-        Box::new(stream)
+        HubIo::Tls(Box::new(stream))
     } else {
-        Box::new(tcp)
+        HubIo::Plain(tcp)
     };
+    let io = hub.io();
 
     let mut key = [0u8; 16];
     getrandom::fill(&mut key).map_err(|e| std::io::Error::other(e.to_string()))?;
@@ -267,7 +286,7 @@ async fn connect_inner(
                 Some(ws::Event::Text(text)) => {
                     let welcome = Welcome::parse(&text)?;
                     return Ok(Connected {
-                        io,
+                        io: hub,
                         decoder,
                         leftover: buf.split_off(pos),
                         owed,

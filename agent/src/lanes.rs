@@ -43,6 +43,8 @@ pub(crate) struct Agent {
     pub(crate) dpop: Option<DpopKey>,
     /// How long a target dial may take.
     pub(crate) dial_timeout: Duration,
+    /// Whether plain sessions splice large payloads to their targets.
+    pub(crate) splice: bool,
     /// Sessions up, per hub.
     pub(crate) readiness: Arc<Readiness>,
     /// Flips to true on SIGTERM/SIGINT.
@@ -261,6 +263,7 @@ async fn run_lane(
                     goaway: goaway_tx,
                     drain: drain_rx,
                     ready: agent.readiness.session_up(hub),
+                    splice: agent.splice,
                 };
                 let alive = agent.alive.clone();
                 let task = tokio::spawn(async move {

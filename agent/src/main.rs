@@ -26,6 +26,7 @@ mod health;
 mod lanes;
 mod proxy;
 mod session;
+mod splice;
 mod stream;
 mod threads;
 mod tls;
@@ -244,6 +245,7 @@ async fn run(
         tls,
         dpop,
         dial_timeout: Duration::from_millis(config.dial_timeout_ms),
+        splice: config.splice,
         readiness,
         shutdown: shutdown_rx,
         alive: alive_tx,

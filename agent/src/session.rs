@@ -21,13 +21,16 @@ use nowconnect_core::name::ConnectorName;
 use nowconnect_core::session::{Event, Role, Session, SessionConfig, SessionError};
 use nowconnect_core::time::Millis;
 use nowconnect_core::ws::{self, CloseCode, CloseFrame, Opcode, WsError};
-use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf};
+use tokio::net::TcpStream;
+use tokio::net::tcp::OwnedReadHalf;
 use tokio::sync::{Notify, oneshot, watch};
 use tokio::task::JoinHandle;
 
 use crate::clock;
-use crate::connect::{Connected, Io};
+use crate::connect::{Connected, HubIo, Io};
 use crate::health::ReadyGuard;
+use crate::splice::{self, SPLICE_MIN};
 use crate::stream::{self, StreamEntry};
 use crate::wire;
 
@@ -46,6 +49,14 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Size of the buffer the hub's bytes are read into.
 const READ_BUF: usize = 256 * 1024;
+
+/// How much a look ahead at the hub's bytes takes (`MSG_PEEK`): enough for a run of small
+/// frames and the headers of the next large one.
+const PEEK_LEN: usize = 4096;
+
+/// Looks ahead in a row that found no large DATA payload, after which the reader goes back
+/// to plain reads until a payload is spliced again.
+const MAX_MISSES: u8 = 8;
 
 /// What the session's tasks and its streams' tasks share.
 pub(crate) struct Link {
@@ -116,6 +127,9 @@ pub(crate) struct SessionParams {
     pub(crate) drain: oneshot::Receiver<()>,
     /// Counts this session as up for `/readyz` until GOAWAY or its end.
     pub(crate) ready: ReadyGuard,
+    /// Whether large DATA payloads may go from a plain connection to their targets by
+    /// `splice(2)` (see [`crate::splice`]).
+    pub(crate) splice: bool,
 }
 
 /// Why a session ended.
@@ -211,6 +225,7 @@ pub(crate) async fn run(connected: Connected, params: SessionParams) {
         welcome,
     } = connected;
     let config = SessionConfig::from_welcome(&welcome, MAX_STREAMS);
+    let window = config.window as usize;
     let link = Arc::new(Link {
         state: Mutex::new(Shared {
             session: Session::new(Role::Agent, config),
@@ -221,13 +236,25 @@ pub(crate) async fn run(connected: Connected, params: SessionParams) {
         }),
         wake_writer: Notify::new(),
     });
-    let (read, write) = tokio::io::split(io);
-    let mut writer = tokio::spawn(write_loop(Arc::clone(&link), write));
+    let (read, mut writer) = match io {
+        HubIo::Plain(tcp) => {
+            let (read, write) = tcp.into_split();
+            let writer = tokio::spawn(write_loop(Arc::clone(&link), write));
+            (HubRead::Plain(read), writer)
+        }
+        HubIo::Tls(io) => {
+            let (read, write) = tokio::io::split(io);
+            let writer = tokio::spawn(write_loop(Arc::clone(&link), write));
+            (HubRead::Tls(read), writer)
+        }
+    };
     link.flush();
 
     let hub = params.hub.clone();
     let lane = params.lane;
     let session_id = welcome.session.clone();
+    let splicer =
+        (params.splice && matches!(read, HubRead::Plain(_))).then(|| Splicer::new(window));
     let mut reader = Reader {
         link: Arc::clone(&link),
         decoder,
@@ -237,8 +264,10 @@ pub(crate) async fn run(connected: Connected, params: SessionParams) {
         goaway_seen: false,
         drain_asked: false,
         shutdown_deadline: None,
+        splicer,
     };
     let end = reader.run(read, leftover, &mut writer).await;
+    let spliced = reader.splicer.as_ref().map_or(0, |s| s.moved);
 
     // Reset the streams first: their clients should not wait for the Close handshake.
     {
@@ -259,9 +288,104 @@ pub(crate) async fn run(connected: Connected, params: SessionParams) {
         writer.abort();
     }
     if end.is_orderly() {
-        tracing::info!(hub = %hub, lane, session = %session_id, reason = %end, "session ended");
+        tracing::info!(hub = %hub, lane, session = %session_id, reason = %end, spliced_bytes = spliced, "session ended");
     } else {
-        tracing::warn!(hub = %hub, lane, session = %session_id, reason = %end, "session failed");
+        tracing::warn!(hub = %hub, lane, session = %session_id, reason = %end, spliced_bytes = spliced, "session failed");
+    }
+}
+
+/// The reading half of the connection to the hub.
+enum HubRead {
+    /// Plain TCP: payloads may also be spliced from it.
+    Plain(OwnedReadHalf),
+    /// TLS.
+    Tls(ReadHalf<Box<dyn Io>>),
+}
+
+/// What the reader waits for next.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Want {
+    /// Up to this many bytes into the read buffer.
+    Read(usize),
+    /// A look at what the hub sent next, without taking it.
+    Peek,
+    /// The socket to become readable, to move up to `max` payload bytes of the DATA frame in
+    /// progress, for stream `id`, by splice.
+    Splice { id: StreamId, max: usize },
+}
+
+/// What came of a [`Want`].
+enum Ready {
+    Read(std::io::Result<usize>),
+    Peeked(std::io::Result<usize>),
+    Readable(std::io::Result<()>),
+}
+
+impl HubRead {
+    /// The TCP socket, when payloads can be spliced from it.
+    fn socket(&self) -> Option<&TcpStream> {
+        match self {
+            HubRead::Plain(read) => Some(read.as_ref()),
+            HubRead::Tls(_) => None,
+        }
+    }
+
+    async fn next(&mut self, buf: &mut [u8], want: Want) -> Ready {
+        match (want, &mut *self) {
+            (Want::Read(n), HubRead::Plain(read)) => Ready::Read(read.read(&mut buf[..n]).await),
+            (Want::Read(n), HubRead::Tls(read)) => Ready::Read(read.read(&mut buf[..n]).await),
+            (Want::Peek, HubRead::Plain(read)) => {
+                Ready::Peeked(read.peek(&mut buf[..PEEK_LEN]).await)
+            }
+            (Want::Splice { .. }, HubRead::Plain(read)) => {
+                Ready::Readable(read.as_ref().readable().await)
+            }
+            // Only plain sessions splice; a TLS session never asks for these.
+            (Want::Peek | Want::Splice { .. }, HubRead::Tls(read)) => {
+                Ready::Read(read.read(&mut buf[..READ_BUF]).await)
+            }
+        }
+    }
+}
+
+/// The reader's state for moving large payloads by splice (see [`crate::splice`]).
+///
+/// Frame headers and small frames still go through the read buffer. Once a payload was
+/// spliced, the reader looks ahead (`MSG_PEEK`) before each read and reads only up to where
+/// the next large payload begins, so that the payload can be spliced whole: full reads of a
+/// steady flow would keep taking whole frames, and keep ending near frame ends. A look ahead
+/// that finds only small frames reads those; a run of them sends the reader back to full
+/// reads.
+struct Splicer {
+    /// The stream window, which each pipe must hold.
+    window: usize,
+    /// Read into the buffer before splicing again: the last splice met the end of the
+    /// connection, an urgent mark, a full pipe or a stream that cannot splice, and a read
+    /// tells these apart or moves the bytes the ordinary way.
+    read_next: bool,
+    /// The stream whose frame is being spliced, until its payload ends.
+    current: Option<StreamId>,
+    /// Whether to look ahead before reading.
+    peeking: bool,
+    /// Looks ahead in a row that found no large payload.
+    misses: u8,
+    /// How much to read after a look ahead.
+    next_read: Option<usize>,
+    /// Payload bytes spliced, for the session's last log line.
+    moved: u64,
+}
+
+impl Splicer {
+    fn new(window: usize) -> Splicer {
+        Splicer {
+            window,
+            read_next: false,
+            current: None,
+            peeking: false,
+            misses: 0,
+            next_read: None,
+            moved: 0,
+        }
     }
 }
 
@@ -276,12 +400,14 @@ struct Reader {
     /// Whether the lane's drain request arrived (or can no longer arrive).
     drain_asked: bool,
     shutdown_deadline: Option<Millis>,
+    /// Present on plain sessions that splice.
+    splicer: Option<Splicer>,
 }
 
 impl Reader {
     async fn run(
         &mut self,
-        mut read: ReadHalf<Box<dyn Io>>,
+        mut read: HubRead,
         mut leftover: Vec<u8>,
         writer: &mut JoinHandle<()>,
     ) -> End {
@@ -300,12 +426,27 @@ impl Reader {
                 return end;
             }
             let shutting_down = self.shutdown_deadline.is_some();
+            let want = self.plan();
             tokio::select! {
-                read = read.read(&mut buf) => {
-                    let n = match read {
-                        Ok(0) => return End::Eof,
-                        Ok(n) => n,
-                        Err(err) => return End::Read(err),
+                ready = read.next(&mut buf, want) => {
+                    let n = match ready {
+                        Ready::Read(Ok(0)) => return End::Eof,
+                        Ready::Read(Ok(n)) => n,
+                        Ready::Read(Err(err))
+                        | Ready::Peeked(Err(err))
+                        | Ready::Readable(Err(err)) => return End::Read(err),
+                        Ready::Peeked(Ok(n)) => {
+                            self.looked_ahead(&mut buf[..n]);
+                            continue;
+                        }
+                        Ready::Readable(Ok(())) => {
+                            if let (Some(socket), Want::Splice { id, max }) = (read.socket(), want)
+                                && let Err(end) = self.splice(socket, id, max)
+                            {
+                                return end;
+                            }
+                            continue;
+                        }
                     };
                     let now = clock::now();
                     self.heartbeat.on_received(now);
@@ -389,6 +530,144 @@ impl Reader {
             self.link.flush();
         }
         None
+    }
+
+    /// Decides how to take the next bytes from the hub: splice the DATA payload in progress,
+    /// look ahead, read up to where the next large payload begins, or fill the read buffer.
+    fn plan(&mut self) -> Want {
+        let full = Want::Read(READ_BUF);
+        let Some(sp) = self.splicer.as_mut() else {
+            return full;
+        };
+        if std::mem::take(&mut sp.read_next) {
+            sp.current = None;
+            sp.peeking = false;
+            sp.next_read = None;
+            return full;
+        }
+        if let Some(n) = sp.next_read.take() {
+            return Want::Read(n);
+        }
+        let ws_left = self.decoder.unmasked_binary_left();
+        if ws_left > 0
+            && let Some((id, data_left)) = self.frames.data_left()
+        {
+            let left = usize::try_from(ws_left.min(u64::from(data_left))).unwrap_or(usize::MAX);
+            let mut st = self.link.lock();
+            if left >= SPLICE_MIN || sp.current == Some(id) {
+                if let Some((_, credit)) = spliceable(&mut st, id, sp.window) {
+                    sp.current = Some(id);
+                    return Want::Splice {
+                        id,
+                        max: left.min(credit),
+                    };
+                }
+            } else if st.streams.get(&id).is_some_and(StreamEntry::has_pipe) {
+                // The small rest of a bulk stream's frame, after a read that ended inside it:
+                // take just that, and look ahead for the next payload.
+                sp.peeking = true;
+                return Want::Read(left);
+            }
+            sp.current = None;
+            return full;
+        }
+        if sp.peeking {
+            return Want::Peek;
+        }
+        full
+    }
+
+    /// Acts on a look ahead at the hub's next bytes: reads up to where the next large DATA
+    /// payload begins, or all of them when none does.
+    fn looked_ahead(&mut self, peeked: &mut [u8]) {
+        let Some(sp) = self.splicer.as_mut() else {
+            return;
+        };
+        if peeked.is_empty() {
+            // The end of the connection: a read reports it.
+            sp.read_next = true;
+            return;
+        }
+        match large_payload_at(&self.decoder, &self.frames, peeked) {
+            Some(at) => {
+                sp.misses = 0;
+                sp.next_read = Some(at);
+            }
+            None => {
+                sp.misses += 1;
+                if sp.misses >= MAX_MISSES {
+                    sp.peeking = false;
+                    sp.misses = 0;
+                }
+                sp.next_read = Some(peeked.len());
+            }
+        }
+    }
+
+    /// The socket is readable: moves up to `max` payload bytes of the DATA frame in progress
+    /// for `id` into the stream's pipe, accounts for them as received, and hands them on to
+    /// the target.
+    fn splice(&mut self, socket: &TcpStream, id: StreamId, max: usize) -> Result<(), End> {
+        let Some(sp) = self.splicer.as_mut() else {
+            return Ok(());
+        };
+        let now = clock::now();
+        let link = Arc::clone(&self.link);
+        let mut st = link.lock();
+        // The stream may have ended while the reader waited.
+        let Some((pipe, credit)) = spliceable(&mut st, id, sp.window) else {
+            sp.read_next = true;
+            return Ok(());
+        };
+        let n = match pipe.fill(socket, max.min(credit)) {
+            Ok(0) => {
+                sp.read_next = true;
+                return Ok(());
+            }
+            Ok(n) => n,
+            Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => {
+                // Nothing had arrived (readiness is cleared, the next wait is real), or the
+                // pipe is full or an urgent mark is next, which a read must handle.
+                if splice::pending(socket) > 0 {
+                    sp.read_next = true;
+                }
+                return Ok(());
+            }
+            Err(err) => return Err(End::Read(err)),
+        };
+        self.heartbeat.on_received(now);
+        sp.moved += n as u64;
+        let last = self.decoder.skip_binary(n as u64);
+        self.frames.skip_data(n as u32);
+        if self.frames.data_left().is_none() {
+            sp.current = None;
+            sp.peeking = true;
+            sp.misses = 0;
+        }
+        let result = (|| {
+            if last {
+                self.frames.end_of_message()?;
+            }
+            match st.session.recv_moved(now, id, n as u32)? {
+                // A violation: the stream is reset, and its pipe goes with it.
+                Some(event) => self.on_event(now, &mut st, event),
+                None => {
+                    if let Some(entry) = st.streams.get_mut(&id) {
+                        let written = entry.deliver_piped(&pipe, n);
+                        if written > 0 {
+                            st.session.consumed(now, id, written);
+                        }
+                    }
+                }
+            }
+            Ok::<(), End>(())
+        })();
+        let queued = !st.session.transmit().is_empty() || !st.control.is_empty();
+        drop(st);
+        if queued {
+            link.flush();
+        }
+        result
     }
 
     /// Decodes one read's worth of bytes and acts on everything in it.
@@ -550,12 +829,67 @@ impl Reader {
     }
 }
 
+/// Where in `ahead`, the bytes that follow what `decoder` and `frames` have seen, the next DATA
+/// payload of at least [`SPLICE_MIN`] bytes begins: the bytes before it are headers and small
+/// frames. `None` when none begins there, or when the bytes are invalid (a read then decodes
+/// them and reports the error). Copies of the decoders do the looking; the real ones see the
+/// bytes when they are read.
+fn large_payload_at(
+    decoder: &ws::Decoder,
+    frames: &FrameDecoder,
+    ahead: &mut [u8],
+) -> Option<usize> {
+    let mut ws = decoder.clone();
+    let mut frames = frames.clone();
+    let mut pos = 0;
+    while pos < ahead.len() {
+        let (n, event) = ws.decode(&mut ahead[pos..]).ok()?;
+        if let Some(ws::Event::Binary { data, last }) = event {
+            let start = pos + n - data.len();
+            let mut off = 0;
+            while off < data.len() {
+                // Payload left in this WebSocket frame from here on.
+                let ws_left = ws.unmasked_binary_left() + (data.len() - off) as u64;
+                if let Some((_, data_left)) = frames.data_left()
+                    && ws_left.min(u64::from(data_left)) >= SPLICE_MIN as u64
+                {
+                    return (start + off > 0).then_some(start + off);
+                }
+                let (used, _) = frames.decode(&data[off..]).ok()?;
+                off += used;
+            }
+            if last {
+                frames.end_of_message().ok()?;
+            }
+            // A large payload whose first byte is the first after this piece.
+            if let Some((_, data_left)) = frames.data_left()
+                && ws.unmasked_binary_left().min(u64::from(data_left)) >= SPLICE_MIN as u64
+            {
+                return Some(pos + n);
+            }
+        }
+        pos += n;
+    }
+    None
+}
+
+/// The pipe and remaining credit of a stream whose payload may be spliced now: one the core
+/// and the agent both know, with a connected target, a pipe and credit left.
+fn spliceable(st: &mut Shared, id: StreamId, window: usize) -> Option<(Arc<splice::Pipe>, usize)> {
+    let credit = st.session.stream(id)?.recv_credit() as usize;
+    if credit == 0 {
+        return None;
+    }
+    let pipe = st.streams.get_mut(&id)?.pipe(window)?;
+    Some((pipe, credit))
+}
+
 /// Sends what the session queued whenever woken, as masked WebSocket messages; sends the
 /// Close frame and stops once one is set.
 ///
 /// The session's frames are taken by swapping buffers and masked in place; the message
 /// headers go out beside them in one vectored write, so payload bytes are not copied here.
-async fn write_loop(link: Arc<Link>, mut write: WriteHalf<Box<dyn Io>>) {
+async fn write_loop(link: Arc<Link>, mut write: impl AsyncWrite + Unpin) {
     let mut frames = Vec::new();
     let mut control = Vec::new();
     let mut headers = Vec::new();
@@ -630,4 +964,112 @@ pub(crate) fn describe_welcome(welcome: &Welcome) -> String {
         accepted.join(", "),
         refused.join(", ")
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use nowconnect_core::frame;
+
+    use super::*;
+
+    /// One unmasked WebSocket binary message holding `frames`, as the hub sends.
+    fn message(wire: &mut Vec<u8>, frames: &[u8]) {
+        ws::encode_frame(wire, true, Opcode::Binary, frames, None);
+    }
+
+    fn window(id: u32) -> Vec<u8> {
+        let mut f = Vec::new();
+        frame::encode_window(&mut f, StreamId(id), 65_536);
+        f
+    }
+
+    fn data(id: u32, len: usize) -> Vec<u8> {
+        let mut f = Vec::new();
+        frame::encode_data(&mut f, StreamId(id), &vec![7; len]);
+        f
+    }
+
+    fn decoders() -> (ws::Decoder, FrameDecoder) {
+        (
+            ws::Decoder::new(ws::Role::Client, crate::connect::WS_LIMITS),
+            FrameDecoder::new(65_536),
+        )
+    }
+
+    #[test]
+    fn a_look_ahead_stops_where_the_next_large_payload_begins() {
+        let (ws, frames) = decoders();
+        // Credit for two streams, a small DATA frame, then a large one.
+        let mut wire = Vec::new();
+        message(&mut wire, &window(1));
+        message(&mut wire, &[window(3), window(5)].concat());
+        message(&mut wire, &data(7, 1000));
+        let before = wire.len();
+        message(&mut wire, &data(1, 65_536));
+        // Its WebSocket header (10 bytes for this length) and the frame header come first.
+        let at = before + 10 + frame::HEADER_LEN;
+        let mut ahead = wire[..PEEK_LEN.min(wire.len())].to_vec();
+        assert_eq!(large_payload_at(&ws, &frames, &mut ahead), Some(at));
+        // The same with the look ahead ending right after the headers.
+        let mut ahead = wire[..at].to_vec();
+        assert_eq!(large_payload_at(&ws, &frames, &mut ahead), Some(at));
+        // ... and one byte short of them: not yet.
+        let mut ahead = wire[..at - 1].to_vec();
+        assert_eq!(large_payload_at(&ws, &frames, &mut ahead), None);
+    }
+
+    #[test]
+    fn a_look_ahead_starts_from_where_the_decoders_are() {
+        let (mut ws, mut frames) = decoders();
+        let mut wire = Vec::new();
+        message(&mut wire, &data(1, 20_000));
+        message(&mut wire, &data(3, 30_000));
+        // The decoders have seen the first message up to 100 bytes before its end.
+        let seen = wire.len() - (4 + frame::HEADER_LEN + 30_000) - 100;
+        let mut head = wire[..seen].to_vec();
+        let mut pos = 0;
+        while pos < head.len() {
+            let (n, event) = ws.decode(&mut head[pos..]).unwrap();
+            if let Some(ws::Event::Binary { data, .. }) = event {
+                let mut rest = data;
+                while !rest.is_empty() {
+                    let (used, _) = frames.decode(rest).unwrap();
+                    rest = &rest[used..];
+                }
+            }
+            pos += n;
+        }
+        assert_eq!(frames.data_left(), Some((StreamId(1), 100)));
+        // Ahead: the last 100 payload bytes, then the next message's headers.
+        let mut ahead = wire[seen..].to_vec();
+        ahead.truncate(PEEK_LEN);
+        let at = 100 + 4 + frame::HEADER_LEN;
+        assert_eq!(large_payload_at(&ws, &frames, &mut ahead), Some(at));
+        // The look ahead left the decoders as they were.
+        assert_eq!(frames.data_left(), Some((StreamId(1), 100)));
+        assert_eq!(ws.unmasked_binary_left(), 100);
+    }
+
+    #[test]
+    fn small_frames_and_bad_bytes_give_no_place_to_splice() {
+        let (ws, frames) = decoders();
+        let mut wire = Vec::new();
+        for id in 0..100 {
+            message(&mut wire, &window(2 * id + 1));
+            message(&mut wire, &data(2 * id + 1, SPLICE_MIN - 1));
+        }
+        let mut ahead = wire[..PEEK_LEN].to_vec();
+        assert_eq!(large_payload_at(&ws, &frames, &mut ahead), None);
+        // A masked frame from the hub is a protocol error the read reports.
+        let mut bad = Vec::new();
+        ws::encode_frame(
+            &mut bad,
+            true,
+            Opcode::Binary,
+            &data(1, 65_536),
+            Some([1, 2, 3, 4]),
+        );
+        bad.truncate(PEEK_LEN);
+        assert_eq!(large_payload_at(&ws, &frames, &mut bad), None);
+    }
 }

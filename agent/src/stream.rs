@@ -7,8 +7,10 @@
 //! before the target is connected) goes to the stream's writer task through an unbounded
 //! channel (bounded in practice by the credit window: the hub cannot send more than `window`
 //! bytes the agent has not yet written and returned as credit), and later bytes queue behind
-//! it until the writer task has caught up, so a slow target stalls only its own stream. The
-//! stream's reader task reads the target only within the credit the hub granted.
+//! it until the writer task has caught up, so a slow target stalls only its own stream. Large
+//! payloads the reader spliced into the stream's pipe (see [`crate::splice`]) follow the same
+//! rule: what the target does not take at once stays in the pipe, and its count is queued in
+//! turn. The stream's reader task reads the target only within the credit the hub granted.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,6 +23,7 @@ use tokio::task::AbortHandle;
 
 use crate::clock;
 use crate::session::Link;
+use crate::splice::Pipe;
 
 /// The largest read from a target socket; DATA frames are also bounded by `max_frame`.
 const READ_BUF: usize = 64 * 1024;
@@ -30,6 +33,8 @@ const READ_BUF: usize = 64 * 1024;
 pub(crate) enum ToTarget {
     /// Bytes to write to the target.
     Data(Vec<u8>),
+    /// Bytes waiting in the stream's pipe, to move on to the target.
+    Piped(Arc<Pipe>, usize),
     /// The hub finished sending: shut down the socket's write side after the bytes before.
     Fin,
 }
@@ -56,8 +61,22 @@ pub(crate) struct StreamEntry {
     target: Option<Arc<TcpStream>>,
     /// Whether something sent to the writer task may still be unwritten. Set by whoever
     /// sends, cleared by the writer task once its channel is empty, both under the link's
-    /// lock, so bytes written directly never overtake queued ones.
+    /// lock, so bytes written directly never overtake queued ones. While it is clear, the
+    /// stream's pipe is empty too.
     queued: bool,
+    /// The pipe large DATA payloads go through, once the stream has one.
+    pipe: PipeState,
+}
+
+/// Whether a stream moves large payloads through a pipe.
+#[derive(Debug)]
+enum PipeState {
+    /// No payload large enough has come yet.
+    Untried,
+    /// The stream's pipe.
+    Open(Arc<Pipe>),
+    /// No pipe could be had: the stream stays on buffers.
+    Refused,
 }
 
 impl StreamEntry {
@@ -69,8 +88,55 @@ impl StreamEntry {
             signals: Arc::new(StreamSignals::default()),
             target: None,
             queued: false,
+            pipe: PipeState::Untried,
         };
         (entry, rx)
+    }
+
+    /// The stream's pipe for a payload the session's reader would move by splice, holding at
+    /// least `window` bytes; opened on first use. `None` while the target is not connected,
+    /// and for good once no pipe could be had.
+    pub(crate) fn pipe(&mut self, window: usize) -> Option<Arc<Pipe>> {
+        self.target.as_ref()?;
+        if let PipeState::Untried = self.pipe {
+            self.pipe = match Pipe::new(window) {
+                Ok(pipe) => PipeState::Open(Arc::new(pipe)),
+                Err(err) => {
+                    tracing::debug!(error = %err, "no pipe for a bulk stream: it stays on buffers");
+                    PipeState::Refused
+                }
+            };
+        }
+        match &self.pipe {
+            PipeState::Open(pipe) => Some(Arc::clone(pipe)),
+            PipeState::Untried | PipeState::Refused => None,
+        }
+    }
+
+    /// Whether the stream has a pipe: it has carried a large payload.
+    pub(crate) fn has_pipe(&self) -> bool {
+        matches!(self.pipe, PipeState::Open(_))
+    }
+
+    /// Hands on `len` bytes the session's reader just moved into the stream's pipe: moves
+    /// what the target takes at once when nothing waits before them, and leaves the rest to
+    /// the writer task. Returns how many bytes reached the target here; the caller returns
+    /// their credit (the writer task does for the rest).
+    pub(crate) fn deliver_piped(&mut self, pipe: &Arc<Pipe>, len: usize) -> usize {
+        let mut written = 0;
+        if !self.queued
+            && let Some(target) = &self.target
+        {
+            // As in `deliver`: any error leaves the bytes to the writer task.
+            written = pipe.push(target, len).unwrap_or(0);
+        }
+        if written < len {
+            self.queued = true;
+            let _ = self
+                .to_target
+                .send(ToTarget::Piped(Arc::clone(pipe), len - written));
+        }
+        written
     }
 
     /// Hands the hub's bytes to the target: writes what the socket takes at once when nothing
@@ -334,20 +400,18 @@ async fn to_target(
                     written = write_all(&socket, &bytes) => written,
                 };
                 if written.is_ok() {
-                    let now = clock::now();
-                    let queued = {
-                        let mut st = link.lock();
-                        st.session.consumed(now, id, bytes.len());
-                        if rx.is_empty()
-                            && let Some(entry) = st.streams.get_mut(&id)
-                        {
-                            entry.queued = false;
-                        }
-                        !st.session.transmit().is_empty()
-                    };
-                    if queued {
-                        link.flush();
-                    }
+                    written_out(&link, id, &rx, bytes.len());
+                }
+                written
+            }
+            Some(ToTarget::Piped(pipe, len)) => {
+                let written = tokio::select! {
+                    biased;
+                    () = signals.reset.notified() => return abort(&socket),
+                    written = pipe.drain(&socket, len) => written,
+                };
+                if written.is_ok() {
+                    written_out(&link, id, &rx, len);
                 }
                 written
             }
@@ -372,6 +436,25 @@ async fn to_target(
     }
 }
 
+/// The writer task wrote `len` queued bytes to the target: returns their credit, and lets the
+/// session's reader write directly again once nothing else is queued.
+fn written_out(link: &Link, id: StreamId, rx: &mpsc::UnboundedReceiver<ToTarget>, len: usize) {
+    let now = clock::now();
+    let queued = {
+        let mut st = link.lock();
+        st.session.consumed(now, id, len);
+        if rx.is_empty()
+            && let Some(entry) = st.streams.get_mut(&id)
+        {
+            entry.queued = false;
+        }
+        !st.session.transmit().is_empty()
+    };
+    if queued {
+        link.flush();
+    }
+}
+
 /// Writes all of `bytes` to `socket`, waiting for room as needed.
 async fn write_all(socket: &TcpStream, mut bytes: &[u8]) -> std::io::Result<()> {
     while !bytes.is_empty() {
@@ -387,7 +470,7 @@ async fn write_all(socket: &TcpStream, mut bytes: &[u8]) -> std::io::Result<()> 
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use std::io::{Error, ErrorKind};
 
@@ -463,7 +546,7 @@ mod tests {
     }
 
     /// A connected pair on loopback: ours, and the peer's end.
-    async fn pair() -> (TcpStream, TcpStream) {
+    pub(crate) async fn pair() -> (TcpStream, TcpStream) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let ours = TcpStream::connect(listener.local_addr().unwrap())
             .await
@@ -515,6 +598,63 @@ mod tests {
         assert!(matches!(rx.try_recv(), Ok(ToTarget::Data(b)) if b == b"later"));
         entry.finish();
         assert!(matches!(rx.try_recv(), Ok(ToTarget::Fin)));
+    }
+
+    #[tokio::test]
+    async fn piped_bytes_keep_their_place_among_queued_ones() {
+        use tokio::io::AsyncWriteExt;
+
+        let (session, mut hub) = pair().await;
+        let (ours, peer) = pair().await;
+        let (mut entry, mut rx) = StreamEntry::new();
+        assert!(
+            entry.pipe(256 * 1024).is_none(),
+            "no pipe before the target is connected"
+        );
+        entry.queued = false;
+        entry.target = Some(Arc::new(ours));
+        let pipe = entry.pipe(256 * 1024).expect("a pipe");
+        assert!(entry.has_pipe());
+        // Moves `bytes` from the hub into the pipe, as the session's reader does.
+        let mut fill = async |bytes: &[u8]| {
+            hub.write_all(bytes).await.unwrap();
+            let mut moved = 0;
+            while moved < bytes.len() {
+                session.readable().await.unwrap();
+                moved += pipe.fill(&session, bytes.len() - moved).unwrap_or(0);
+            }
+        };
+
+        // Nothing queued: piped bytes go straight on.
+        fill(b"spliced").await;
+        assert_eq!(entry.deliver_piped(&pipe, 7), 7);
+        assert!(rx.try_recv().is_err());
+
+        // The target's socket fills up: the rest of a chunk is queued.
+        let chunk = vec![7u8; 64 * 1024];
+        let mut written = 7;
+        loop {
+            let n = entry.deliver(&chunk);
+            written += n;
+            if n < chunk.len() {
+                break;
+            }
+        }
+        assert!(matches!(rx.try_recv(), Ok(ToTarget::Data(_))));
+        // The target reads everything written: the socket has room again, but piped bytes
+        // must wait behind the queued ones, and later bytes behind them.
+        let mut buf = vec![0u8; 1 << 20];
+        let mut drained = 0;
+        while drained < written {
+            peer.readable().await.unwrap();
+            drained += peer.try_read(&mut buf).unwrap_or(0);
+        }
+        entry.target.as_ref().unwrap().writable().await.unwrap();
+        fill(b"more").await;
+        assert_eq!(entry.deliver_piped(&pipe, 4), 0);
+        assert_eq!(entry.deliver(b"later"), 0);
+        assert!(matches!(rx.try_recv(), Ok(ToTarget::Piped(_, 4))));
+        assert!(matches!(rx.try_recv(), Ok(ToTarget::Data(b)) if b == b"later"));
     }
 
     #[tokio::test]

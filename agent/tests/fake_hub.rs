@@ -73,10 +73,18 @@ async fn accept_upgrade(listener: &TcpListener) -> (TcpStream, Vec<u8>, String) 
 
 impl HubConn {
     async fn accept(listener: &TcpListener, window: u32) -> (HubConn, Upgrade) {
+        HubConn::accept_with(listener, window, 16 * 1024).await
+    }
+
+    async fn accept_with(
+        listener: &TcpListener,
+        window: u32,
+        max_frame: u32,
+    ) -> (HubConn, Upgrade) {
         let (stream, rest, authorization) = accept_upgrade(listener).await;
         let config = SessionConfig {
             window,
-            max_frame: 16 * 1024,
+            max_frame,
             idle_timeout_ms: 60_000,
             max_streams: 1024,
         };
@@ -519,6 +527,130 @@ async fn streams_flow_through_a_session() {
         "the token leaked into the log:\n{log}"
     );
     let _ = std::fs::remove_file(token);
+}
+
+/// Bulk streams from the hub, each DATA frame its own WebSocket message as the hub sends them,
+/// with WINDOW frames and pings between: every byte comes back in order, and the session's
+/// last log line counts what went to the target by splice (some with it on, none with it off).
+async fn bulk_streams(splice: bool) {
+    let hub = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hub_port = hub.local_addr().unwrap().port();
+    let echo = echo_target().await;
+    let name = if splice {
+        "bulk-splice"
+    } else {
+        "bulk-buffers"
+    };
+    let token = token_file(name, "tok");
+    let mut agent = Agent::start(
+        name,
+        &[
+            (
+                "NC_HUB_URL",
+                format!("ws://127.0.0.1:{hub_port}/nowconnect/v1/tunnel"),
+            ),
+            ("NC_AGENT_ID", "a1".into()),
+            ("NC_TOKEN_FILE", token.display().to_string()),
+            ("NC_CONNECTORS", format!("echo={echo}")),
+            ("NC_SPLICE", splice.to_string()),
+        ],
+    );
+    let window = 256 * 1024;
+    let max_frame = 64 * 1024;
+    let (mut conn, _) = HubConn::accept_with(&hub, window, max_frame).await;
+
+    let per_stream = 3 << 20;
+    let ids: Vec<StreamId> = (0..3).map(|_| conn.open("echo")).collect();
+    conn.flush().await;
+    let payload = |k: usize| -> Vec<u8> {
+        (0..per_stream)
+            .map(|i| ((i * 7 + k * 13) % 251) as u8)
+            .collect()
+    };
+    let sent_all: Vec<Vec<u8>> = (0..ids.len()).map(payload).collect();
+    let mut sent = vec![0usize; ids.len()];
+    let mut echoed = vec![Vec::new(); ids.len()];
+    let mut finished = vec![false; ids.len()];
+    let mut pings = 0u32;
+    while !finished.iter().all(|&f| f) {
+        for (k, &id) in ids.iter().enumerate() {
+            while sent[k] < per_stream {
+                let credit = conn.session.send_credit(id) as usize;
+                if credit == 0 {
+                    break;
+                }
+                // Uneven sizes: whole frames, and ones too small to splice.
+                let size = if sent[k].is_multiple_of(3) {
+                    5_000
+                } else {
+                    max_frame as usize
+                };
+                let n = credit.min(size).min(per_stream - sent[k]);
+                conn.session
+                    .send_data(conn.now, id, &sent_all[k][sent[k]..sent[k] + n])
+                    .unwrap();
+                sent[k] += n;
+                // One message per frame (with any WINDOW frames queued before it).
+                conn.flush().await;
+                if sent[k] == per_stream {
+                    conn.session.finish(id).unwrap();
+                    conn.flush().await;
+                }
+            }
+        }
+        pings += 1;
+        if pings.is_multiple_of(16) {
+            conn.send_ws(ws::Opcode::Ping, b"hb").await;
+        }
+        conn.read_some().await;
+        let seen = std::mem::take(&mut conn.seen);
+        assert!(
+            !seen.iter().any(|s| matches!(s, Seen::Reset(..))),
+            "{seen:?}"
+        );
+        for (k, &id) in ids.iter().enumerate() {
+            echoed[k].extend(HubConn::data_of(&seen, id));
+            if seen.contains(&Seen::Finished(id, true)) {
+                finished[k] = true;
+            }
+        }
+    }
+    for k in 0..ids.len() {
+        assert_eq!(echoed[k].len(), per_stream, "stream {k}");
+        assert!(
+            echoed[k] == sent_all[k],
+            "stream {k}: bytes lost or reordered"
+        );
+    }
+    assert!(agent.terminate().success());
+    let log = agent.log();
+    let spliced: u64 = log
+        .split("spliced_bytes=")
+        .nth(1)
+        .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no spliced_bytes in the log:\n{log}"));
+    let total = (per_stream * ids.len()) as u64;
+    if splice {
+        assert!(
+            spliced >= total / 2,
+            "only {spliced} of {total} bytes went by splice:\n{log}"
+        );
+        assert!(spliced <= total, "{spliced} spliced of {total} sent");
+    } else {
+        assert_eq!(spliced, 0, "splice is off:\n{log}");
+    }
+    let _ = std::fs::remove_file(token);
+}
+
+#[tokio::test]
+async fn bulk_streams_go_by_splice_whole_and_in_order() {
+    bulk_streams(true).await;
+}
+
+#[tokio::test]
+async fn bulk_streams_stay_on_buffers_with_splice_off() {
+    bulk_streams(false).await;
 }
 
 #[tokio::test]

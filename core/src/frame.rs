@@ -326,6 +326,26 @@ impl FrameDecoder {
         matches!(self.state, DecodeState::Header { have: 0, .. })
     }
 
+    /// The stream and the payload bytes left of the DATA frame being read, if one is.
+    pub fn data_left(&self) -> Option<(StreamId, u32)> {
+        match self.state {
+            DecodeState::Data { stream, remaining } => Some((stream, remaining)),
+            _ => None,
+        }
+    }
+
+    /// Accounts for `n` payload bytes of the DATA frame in progress that the caller took off
+    /// the connection itself, as if [`FrameDecoder::decode`] had returned them. `n` must not
+    /// exceed what [`FrameDecoder::data_left`] reports; a larger `n` is cut to it.
+    pub fn skip_data(&mut self, n: u32) {
+        if let DecodeState::Data { remaining, .. } = &mut self.state {
+            *remaining -= n.min(*remaining);
+            if *remaining == 0 {
+                self.state = EMPTY_HEADER;
+            }
+        }
+    }
+
     /// Checks that a WebSocket message ended at a frame boundary.
     pub fn end_of_message(&mut self) -> Result<(), FrameError> {
         match self.state {
@@ -949,5 +969,36 @@ mod tests {
             panic!()
         };
         assert_eq!(reason.as_str(), "é".repeat(64));
+    }
+
+    #[test]
+    fn payload_skipped_by_the_caller_resumes_at_the_next_frame() {
+        let mut wire = Vec::new();
+        encode_data(&mut wire, StreamId(3), &[5; 100]);
+        encode_fin(&mut wire, StreamId(3));
+        let mut dec = FrameDecoder::new(1000);
+        assert_eq!(dec.data_left(), None);
+        assert_eq!(dec.decode(&wire[..HEADER_LEN]).unwrap(), (HEADER_LEN, None));
+        assert_eq!(dec.data_left(), Some((StreamId(3), 100)));
+        let (n, frame) = dec.decode(&wire[HEADER_LEN..HEADER_LEN + 10]).unwrap();
+        assert_eq!(n, 10);
+        assert!(matches!(frame, Some(Frame::Data { payload, .. }) if payload == [5; 10]));
+        assert_eq!(dec.data_left(), Some((StreamId(3), 90)));
+        dec.skip_data(60);
+        assert_eq!(dec.data_left(), Some((StreamId(3), 30)));
+        // More than is left is cut to the frame.
+        dec.skip_data(500);
+        assert_eq!(dec.data_left(), None);
+        assert!(dec.is_at_boundary());
+        let (_, frame) = dec.decode(&wire[HEADER_LEN + 100..]).unwrap();
+        assert!(matches!(
+            frame,
+            Some(Frame::Fin {
+                stream: StreamId(3)
+            })
+        ));
+        // Nothing to skip outside a DATA payload.
+        dec.skip_data(5);
+        assert!(dec.is_at_boundary());
     }
 }

@@ -552,11 +552,7 @@ impl Session {
         now: Millis,
         frame: Frame<'a>,
     ) -> Result<Option<Event<'a>>, SessionError> {
-        // Only frames the peer provoked count: our own DATA is bounded by the windows.
-        let provoked = self.transmit.len() - self.transmit_data;
-        if provoked > MAX_TRANSMIT_BACKLOG {
-            return Err(SessionError::Backlog(provoked));
-        }
+        self.check_backlog()?;
         if let Frame::Open {
             stream,
             connector,
@@ -644,6 +640,41 @@ impl Session {
             Ok(event) => event,
             Err(violation) => self.violation(id, violation),
         }))
+    }
+
+    /// Accounts for `len` payload bytes of a DATA frame for `id` that the driver moved from
+    /// the connection towards the stream's socket without reading them (`splice(2)`), with the
+    /// checks [`Session::recv`] applies to a DATA frame carrying them. `Ok(None)`: accepted, and
+    /// the driver calls [`Session::consumed`] as the socket takes them. A violation resets the
+    /// stream and comes back as its [`Event::Reset`]. The driver moves bytes only for streams
+    /// it knows, within [`Stream::recv_credit`].
+    pub fn recv_moved(
+        &mut self,
+        now: Millis,
+        id: StreamId,
+        len: u32,
+    ) -> Result<Option<Event<'static>>, SessionError> {
+        self.check_backlog()?;
+        let role = self.role;
+        let Some(stream) = self.streams.get_mut(&id) else {
+            return Err(SessionError::UnknownStream(id));
+        };
+        let outcome = if role == Role::Hub && stream.phase == Phase::Opening {
+            Err(Violation::BeforeOpenOk)
+        } else {
+            stream.on_recv(now, len)
+        };
+        Ok(outcome.err().map(|violation| self.violation(id, violation)))
+    }
+
+    /// Fails once the frames the peer provoked (all but our own DATA, which the windows bound)
+    /// pile up unsent beyond [`MAX_TRANSMIT_BACKLOG`].
+    fn check_backlog(&self) -> Result<(), SessionError> {
+        let provoked = self.transmit.len() - self.transmit_data;
+        if provoked > MAX_TRANSMIT_BACKLOG {
+            return Err(SessionError::Backlog(provoked));
+        }
+        Ok(())
     }
 
     fn recv_open<'a>(

@@ -521,6 +521,43 @@ impl Decoder {
         self.closed
     }
 
+    /// Payload bytes left in the binary frame being read when they arrive unmasked, which a
+    /// caller may move past the decoder (see [`Decoder::skip_binary`]); 0 when no such frame
+    /// is in progress.
+    pub fn unmasked_binary_left(&self) -> u64 {
+        match self.frame {
+            Some(frame)
+                if self.error.is_none()
+                    && frame.kind == PayloadKind::Binary
+                    && frame.mask.is_none() =>
+            {
+                frame.remaining
+            }
+            _ => 0,
+        }
+    }
+
+    /// Accounts for `n` payload bytes of the binary frame in progress that the caller took off
+    /// the connection itself, exactly as if [`Decoder::decode`] had lent them back. Returns
+    /// whether they ended the message (the `last` of [`Event::Binary`]). `n` must not exceed
+    /// [`Decoder::unmasked_binary_left`]; a larger `n` is cut to it.
+    pub fn skip_binary(&mut self, n: u64) -> bool {
+        let left = self.unmasked_binary_left();
+        let Some(mut frame) = self.frame.filter(|_| left > 0) else {
+            return false;
+        };
+        let n = n.min(left);
+        frame.remaining -= n;
+        frame.phase = ((frame.phase as u64 + n) % 4) as usize;
+        let done = frame.remaining == 0;
+        let ends_message = done && frame.fin;
+        self.frame = if done { None } else { Some(frame) };
+        if ends_message {
+            self.message = Message::Idle;
+        }
+        ends_message
+    }
+
     /// Decodes from the front of `input`, unmasking payload bytes in place. Returns how many
     /// bytes were consumed and at most one event. Call again with the rest. Partial headers are
     /// kept inside the decoder (at most 14 bytes), so input may be split anywhere.
@@ -1650,5 +1687,73 @@ mod tests {
             // Either outcome is fine; the decoder must not panic or stall.
             let _ = feed_split(&mut dec, &bytes, &points);
         }
+    }
+
+    #[test]
+    fn payload_skipped_by_the_caller_resumes_where_it_ends() {
+        // An unmasked binary message of 100 bytes, then a ping.
+        let payload: Vec<u8> = (0..100).collect();
+        let mut wire = Vec::new();
+        encode_frame(&mut wire, true, Opcode::Binary, &payload, None);
+        encode_frame(&mut wire, true, Opcode::Ping, b"p", None);
+        let mut dec = Decoder::new(Role::Client, Limits::default());
+        assert_eq!(dec.unmasked_binary_left(), 0, "no frame yet");
+
+        // The header and 30 payload bytes arrive through the decoder.
+        let mut first = wire[..2 + 30].to_vec();
+        let (n, event) = dec.decode(&mut first).unwrap();
+        assert_eq!(n, 32);
+        assert!(
+            matches!(event, Some(Event::Binary { data, last: false }) if data == &payload[..30])
+        );
+        assert_eq!(dec.unmasked_binary_left(), 70);
+
+        // 50 go past it; the message does not end there.
+        assert!(!dec.skip_binary(50));
+        assert_eq!(dec.unmasked_binary_left(), 20);
+
+        // The rest of the message, then the ping, decode as if nothing had been skipped.
+        let mut rest = wire[2 + 80..].to_vec();
+        let (n, event) = dec.decode(&mut rest).unwrap();
+        assert_eq!(n, 20);
+        assert!(
+            matches!(event, Some(Event::Binary { data, last: true }) if data == &payload[80..])
+        );
+        assert_eq!(dec.unmasked_binary_left(), 0);
+        let (_, event) = dec.decode(&mut rest[20..]).unwrap();
+        assert!(matches!(event, Some(Event::Ping(p)) if p.as_bytes() == b"p"));
+
+        // A skip that ends the message says so, and a larger one is cut to the frame.
+        let mut dec = Decoder::new(Role::Client, Limits::default());
+        let mut head = wire[..2].to_vec();
+        assert_eq!(dec.decode(&mut head).unwrap(), (2, None));
+        assert!(dec.skip_binary(1000), "the skip ended the message");
+        let mut ping = wire[2 + 100..].to_vec();
+        let (_, event) = dec.decode(&mut ping).unwrap();
+        assert!(matches!(event, Some(Event::Ping(_))));
+    }
+
+    #[test]
+    fn only_unmasked_binary_payload_may_be_skipped() {
+        // Masked (what a server receives): the bytes must pass through the decoder.
+        let mut wire = Vec::new();
+        encode_frame(&mut wire, true, Opcode::Binary, &[7; 50], Some(KEY));
+        let mut dec = Decoder::new(Role::Server, Limits::default());
+        let mut head = wire[..6].to_vec();
+        dec.decode(&mut head).unwrap();
+        assert_eq!(dec.unmasked_binary_left(), 0);
+        assert!(!dec.skip_binary(10));
+        let mut rest = wire[6..].to_vec();
+        let (_, event) = dec.decode(&mut rest).unwrap();
+        assert!(matches!(event, Some(Event::Binary { data, last: true }) if data == [7; 50]));
+
+        // Text is assembled by the decoder.
+        let mut wire = Vec::new();
+        encode_frame(&mut wire, true, Opcode::Text, b"hello", None);
+        let mut dec = Decoder::new(Role::Client, Limits::default());
+        let mut head = wire[..3].to_vec();
+        dec.decode(&mut head).unwrap();
+        assert_eq!(dec.unmasked_binary_left(), 0);
+        assert!(!dec.skip_binary(4));
     }
 }

@@ -686,3 +686,47 @@ fn data_appended_in_place_is_a_normal_frame_within_credit() {
             });
     assert_eq!(unknown, Err(SendError::UnknownStream));
 }
+
+#[test]
+fn payload_moved_past_the_decoders_is_held_to_the_rules_of_data() {
+    let mut p = Pair::small();
+    let id = p.open_established("a");
+    let other = p.open_established("b");
+    // The hub sends 600 bytes, which the agent moves past its decoders (here: drops).
+    p.hub.session.send_data(p.now, id, &[1; 400]).unwrap();
+    p.hub.session.send_data(p.now, id, &[1; 200]).unwrap();
+    p.hub.session.clear_transmit();
+    // Within the credit: accepted without an event, and the credit is spent as by DATA.
+    assert_eq!(p.agent.session.recv_moved(p.now, id, 600), Ok(None));
+    assert_eq!(p.agent.session.stream(id).unwrap().recv_credit(), 400);
+    // Handed on to the target: the credit goes back to the hub.
+    p.agent.session.consumed(p.now, id, 600);
+    assert_eq!(p.deliver_to_hub(), vec![Ev::Writable(id, 1000)]);
+    // Past the credit: a violation, reset with code 5; the session carries on.
+    let reset = p.agent.session.recv_moved(p.now, other, 1001).unwrap();
+    assert_eq!(
+        reset.map(Ev::from),
+        Some(Ev::Reset(other, RstCode::ProtocolViolation, Origin::Local))
+    );
+    assert_eq!(p.agent.session.stats().violations, 1);
+    assert_eq!(
+        p.deliver_to_hub(),
+        vec![Ev::Reset(other, RstCode::ProtocolViolation, Origin::Peer)]
+    );
+    // After the hub's FIN, like DATA after FIN.
+    p.hub.session.finish(id).unwrap();
+    assert_eq!(p.deliver_to_agent(), vec![Ev::Finished(id, false)]);
+    assert_eq!(
+        p.agent
+            .session
+            .recv_moved(p.now, id, 1)
+            .unwrap()
+            .map(Ev::from),
+        Some(Ev::Reset(id, RstCode::ProtocolViolation, Origin::Local))
+    );
+    // A stream the session never knew is an error, as for a frame.
+    assert_eq!(
+        p.agent.session.recv_moved(p.now, StreamId(99), 1),
+        Err(SessionError::UnknownStream(StreamId(99)))
+    );
+}

@@ -69,6 +69,11 @@ pub struct AgentConfig {
     /// How long a dial to a target may take before the stream is reset with code 2
     /// (`dial_timeout_ms`, `NC_DIAL_TIMEOUT_MS`). Default 10000; 1 to 300000.
     pub dial_timeout_ms: u64,
+    /// Whether large DATA payloads from a plain (`ws://`) hub connection go on to their target
+    /// by `splice(2)` through a pipe per stream, instead of being read into the agent's memory
+    /// and written out again (`splice`, `NC_SPLICE`). Default `true`. TLS sessions always use
+    /// buffers.
+    pub splice: bool,
 }
 
 impl Default for AgentConfig {
@@ -88,6 +93,7 @@ impl Default for AgentConfig {
             log_format: LogFormat::Text,
             log_level: LogLevel::Info,
             dial_timeout_ms: 10_000,
+            splice: true,
         }
     }
 }
@@ -279,6 +285,9 @@ impl AgentConfig {
         if let Some(ms) = env.parse::<u64>("NC_DIAL_TIMEOUT_MS", "an integer from 1 to 300000")? {
             check::range("NC_DIAL_TIMEOUT_MS", ms, 1, 300_000)?;
             self.dial_timeout_ms = ms;
+        }
+        if let Some(splice) = env.bool("NC_SPLICE")? {
+            self.splice = splice;
         }
         Ok(())
     }

@@ -24,6 +24,7 @@ health_addr: "127.0.0.1:8081"
 log_format: json
 log_level: debug
 dial_timeout_ms: 5000
+splice: false
 "#;
 
 /// The smallest valid file.
@@ -101,6 +102,7 @@ fn full_file_parses() {
     assert_eq!(c.log_format, LogFormat::Json);
     assert_eq!(c.log_level, LogLevel::Debug);
     assert_eq!(c.dial_timeout_ms, 5000);
+    assert!(!c.splice);
 }
 
 #[test]
@@ -126,6 +128,7 @@ fn environment_alone_is_enough() {
     assert_eq!(c.lanes, Lanes::Auto);
     assert!(!c.trust_env);
     assert_eq!(c.log_format, LogFormat::Text);
+    assert!(c.splice, "splice is on by default");
 }
 
 #[test]
@@ -147,6 +150,7 @@ fn env_overrides_file() {
             ("NC_LOG_FORMAT", "text"),
             ("NC_LOG_LEVEL", "warn"),
             ("NC_DIAL_TIMEOUT_MS", "250"),
+            ("NC_SPLICE", "true"),
         ]),
     )
     .unwrap();
@@ -170,6 +174,7 @@ fn env_overrides_file() {
     assert_eq!(c.log_format, LogFormat::Text);
     assert_eq!(c.log_level, LogLevel::Warn);
     assert_eq!(c.dial_timeout_ms, 250);
+    assert!(c.splice);
 }
 
 #[test]
