@@ -197,12 +197,18 @@ async fn run(
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let (alive_tx, mut alive_rx) = mpsc::channel::<()>(1);
     let hubs = config.hub_urls.len();
+    let pipes = if config.splice {
+        splice::fit_to_open_files()
+    } else {
+        0
+    };
     tracing::info!(
         agent_id = %config.agent_id,
         hubs = %config.hub_urls.iter().map(|u| u.as_str()).collect::<Vec<_>>().join(","),
         connectors = %config.connectors.keys().map(|c| c.as_str()).collect::<Vec<_>>().join(","),
         lanes = ?config.lanes,
         threads = threads.len(),
+        pipes,
         software = SOFTWARE,
         "agent starting"
     );

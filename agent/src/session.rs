@@ -588,11 +588,17 @@ impl Reader {
             sp.read_next = true;
             return;
         }
-        match large_payload_at(&self.decoder, &self.frames, peeked) {
-            Some(at) => {
+        let found = large_payload_at(&self.decoder, &self.frames, peeked).filter(|&(_, id)| {
+            let mut st = self.link.lock();
+            spliceable(&mut st, id, sp.window).is_some()
+        });
+        match found {
+            Some((at, _)) => {
                 sp.misses = 0;
                 sp.next_read = Some(at);
             }
+            // None, or one for a stream that cannot splice (no target yet, no pipe, no
+            // credit): read what was looked at, the ordinary way.
             None => {
                 sp.misses += 1;
                 if sp.misses >= MAX_MISSES {
@@ -625,12 +631,11 @@ impl Reader {
                 return Ok(());
             }
             Ok(n) => n,
-            Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => {
-                // Nothing had arrived (readiness is cleared, the next wait is real), or the
-                // pipe is full or an urgent mark is next, which a read must handle.
-                if splice::pending(socket) > 0 {
-                    sp.read_next = true;
-                }
+            // Nothing had arrived: readiness is cleared, the next wait is real.
+            Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => return Ok(()),
+            // The pipe is full or an urgent mark is next: a read takes over.
+            Err(err) if err.kind() == std::io::ErrorKind::ResourceBusy => {
+                sp.read_next = true;
                 return Ok(());
             }
             Err(err) => return Err(End::Read(err)),
@@ -830,15 +835,15 @@ impl Reader {
 }
 
 /// Where in `ahead`, the bytes that follow what `decoder` and `frames` have seen, the next DATA
-/// payload of at least [`SPLICE_MIN`] bytes begins: the bytes before it are headers and small
-/// frames. `None` when none begins there, or when the bytes are invalid (a read then decodes
+/// payload of at least [`SPLICE_MIN`] bytes begins, and its stream: the bytes before it are
+/// headers and small frames. `None` when none begins there, or when the bytes are invalid (a read then decodes
 /// them and reports the error). Copies of the decoders do the looking; the real ones see the
 /// bytes when they are read.
 fn large_payload_at(
     decoder: &ws::Decoder,
     frames: &FrameDecoder,
     ahead: &mut [u8],
-) -> Option<usize> {
+) -> Option<(usize, StreamId)> {
     let mut ws = decoder.clone();
     let mut frames = frames.clone();
     let mut pos = 0;
@@ -850,10 +855,10 @@ fn large_payload_at(
             while off < data.len() {
                 // Payload left in this WebSocket frame from here on.
                 let ws_left = ws.unmasked_binary_left() + (data.len() - off) as u64;
-                if let Some((_, data_left)) = frames.data_left()
+                if let Some((id, data_left)) = frames.data_left()
                     && ws_left.min(u64::from(data_left)) >= SPLICE_MIN as u64
                 {
-                    return (start + off > 0).then_some(start + off);
+                    return (start + off > 0).then_some((start + off, id));
                 }
                 let (used, _) = frames.decode(&data[off..]).ok()?;
                 off += used;
@@ -862,10 +867,10 @@ fn large_payload_at(
                 frames.end_of_message().ok()?;
             }
             // A large payload whose first byte is the first after this piece.
-            if let Some((_, data_left)) = frames.data_left()
+            if let Some((id, data_left)) = frames.data_left()
                 && ws.unmasked_binary_left().min(u64::from(data_left)) >= SPLICE_MIN as u64
             {
-                return Some(pos + n);
+                return Some((pos + n, id));
             }
         }
         pos += n;
@@ -1009,10 +1014,16 @@ mod tests {
         // Its WebSocket header (10 bytes for this length) and the frame header come first.
         let at = before + 10 + frame::HEADER_LEN;
         let mut ahead = wire[..PEEK_LEN.min(wire.len())].to_vec();
-        assert_eq!(large_payload_at(&ws, &frames, &mut ahead), Some(at));
+        assert_eq!(
+            large_payload_at(&ws, &frames, &mut ahead),
+            Some((at, StreamId(1)))
+        );
         // The same with the look ahead ending right after the headers.
         let mut ahead = wire[..at].to_vec();
-        assert_eq!(large_payload_at(&ws, &frames, &mut ahead), Some(at));
+        assert_eq!(
+            large_payload_at(&ws, &frames, &mut ahead),
+            Some((at, StreamId(1)))
+        );
         // ... and one byte short of them: not yet.
         let mut ahead = wire[..at - 1].to_vec();
         assert_eq!(large_payload_at(&ws, &frames, &mut ahead), None);
@@ -1044,7 +1055,10 @@ mod tests {
         let mut ahead = wire[seen..].to_vec();
         ahead.truncate(PEEK_LEN);
         let at = 100 + 4 + frame::HEADER_LEN;
-        assert_eq!(large_payload_at(&ws, &frames, &mut ahead), Some(at));
+        assert_eq!(
+            large_payload_at(&ws, &frames, &mut ahead),
+            Some((at, StreamId(3)))
+        );
         // The look ahead left the decoders as they were.
         assert_eq!(frames.data_left(), Some((StreamId(1), 100)));
         assert_eq!(ws.unmasked_binary_left(), 100);

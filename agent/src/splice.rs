@@ -28,7 +28,8 @@ use tokio::io::Interest;
 use tokio::net::TcpStream;
 
 /// The most pipes the agent keeps open at once: 512 file descriptors, and at most 64 MiB of
-/// pipe capacity with the default 256 KiB stream window.
+/// pipe capacity with the default 256 KiB stream window. Fewer under a low open-file limit
+/// ([`fit_to_open_files`]).
 pub(crate) const MAX_PIPES: usize = 256;
 
 /// The smallest DATA payload worth moving by splice: below it, the two extra system calls
@@ -39,14 +40,14 @@ pub(crate) const SPLICE_MIN: usize = 16 * 1024;
 #[derive(Debug)]
 pub(crate) struct PipeBudget {
     open: AtomicUsize,
-    max: usize,
+    max: AtomicUsize,
 }
 
 impl PipeBudget {
     pub(crate) const fn new(max: usize) -> PipeBudget {
         PipeBudget {
             open: AtomicUsize::new(0),
-            max,
+            max: AtomicUsize::new(max),
         }
     }
 
@@ -59,7 +60,7 @@ impl PipeBudget {
     fn take(&self) -> bool {
         self.open
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |open| {
-                (open < self.max).then_some(open + 1)
+                (open < self.max.load(Ordering::Relaxed)).then_some(open + 1)
             })
             .is_ok()
     }
@@ -71,6 +72,18 @@ impl PipeBudget {
 
 /// The process's pipes.
 static PIPES: PipeBudget = PipeBudget::new(MAX_PIPES);
+
+/// Caps the process's pipes at an eighth of its open-file limit (each takes two descriptors),
+/// so that a low limit leaves most descriptors to sockets, and at [`MAX_PIPES`]. Returns the
+/// cap.
+pub(crate) fn fit_to_open_files() -> usize {
+    let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile).current;
+    let max = limit.map_or(MAX_PIPES, |files| {
+        usize::try_from(files / 8).map_or(MAX_PIPES, |n| n.min(MAX_PIPES))
+    });
+    PIPES.max.store(max, Ordering::Relaxed);
+    max
+}
 
 /// One stream's pipe.
 #[derive(Debug)]
@@ -124,12 +137,29 @@ impl Pipe {
     }
 
     /// Moves what `from` has received, up to `max` bytes, into the pipe without waiting.
-    /// `Ok(0)` is the end of `from`'s stream, or a TCP urgent mark, which a splice never
-    /// passes; `WouldBlock` means `from` had nothing, or the pipe is full. A receive tells
-    /// these apart. Readiness is cleared when `from` had nothing, so waiting on it is sound.
+    ///
+    /// `Ok(0)` is the end of `from`'s stream. `WouldBlock` means `from` had nothing: its
+    /// readiness is cleared, so waiting for it is sound. [`Busy`](io::ErrorKind::ResourceBusy)
+    /// means `from` holds bytes that a splice cannot take now: the pipe is full (its capacity
+    /// counts pieces, not bytes), or a TCP urgent mark is next, which a splice never passes and
+    /// a receive steps over. Readiness is kept then, so that a receive runs at once.
     pub(crate) fn fill(&self, from: &TcpStream, max: usize) -> io::Result<usize> {
         from.try_io(Interest::READABLE, || {
-            splice(from.as_fd(), self.write.as_fd(), max)
+            match splice(from.as_fd(), self.write.as_fd(), max) {
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
+                    // `FIONREAD` cannot tell: it counts nothing before an urgent mark.
+                    let mut probe = [std::mem::MaybeUninit::<u8>::uninit()];
+                    match socket2::SockRef::from(from).peek(&mut probe) {
+                        Ok(0) => Ok(0),
+                        Ok(_) => Err(io::Error::new(
+                            io::ErrorKind::ResourceBusy,
+                            "the pipe is full or an urgent mark is next",
+                        )),
+                        Err(probe) => Err(probe),
+                    }
+                }
+                other => other,
+            }
         })
     }
 
@@ -161,11 +191,6 @@ impl Pipe {
         }
         Ok(())
     }
-}
-
-/// Bytes `socket` has received and not yet handed out (`FIONREAD`); 0 when unknown.
-pub(crate) fn pending(socket: &TcpStream) -> u32 {
-    rustix::io::ioctl_fionread(socket).unwrap_or(0) as u32
 }
 
 /// One non-blocking `splice(2)` of up to `max` bytes, retried on EINTR.
@@ -241,6 +266,64 @@ mod tests {
             .expect("the drain returned")
             .unwrap_err();
         assert!(err.to_string().contains("emptied early"), "{err}");
+    }
+
+    /// `hub` writes `bytes` in a segment of its own (no coalescing with what follows).
+    async fn segment(hub: &mut TcpStream, bytes: &[u8]) {
+        hub.set_nodelay(true).unwrap();
+        hub.write_all(bytes).await.unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+
+    /// One read of `from`, which must not wait for more bytes to arrive.
+    async fn read_at_once(mut from: TcpStream) -> Vec<u8> {
+        let mut buf = vec![0u8; 64 * 1024];
+        let n = tokio::time::timeout(std::time::Duration::from_secs(2), from.read(&mut buf))
+            .await
+            .expect("the read waited for bytes that were already there")
+            .unwrap();
+        buf.truncate(n);
+        buf
+    }
+
+    #[tokio::test]
+    async fn a_full_pipe_with_bytes_waiting_is_busy_and_keeps_the_socket_ready() {
+        static BUDGET: PipeBudget = PipeBudget::new(1);
+        let (from, mut hub) = pair().await;
+        // One page: a single piece fills it.
+        let pipe = Pipe::counted(&BUDGET, 4096).unwrap();
+        segment(&mut hub, &[1; 200]).await;
+        from.readable().await.unwrap();
+        // Every splice takes a piece of its own: after one, the pipe is full.
+        assert_eq!(pipe.fill(&from, 100).unwrap(), 100);
+        let err = pipe.fill(&from, 100).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::ResourceBusy, "{err}");
+        // Readiness was kept: a read takes the rest at once.
+        assert_eq!(read_at_once(from).await, [1; 100]);
+    }
+
+    #[tokio::test]
+    async fn an_urgent_mark_is_busy_and_a_read_steps_over_it() {
+        static BUDGET: PipeBudget = PipeBudget::new(1);
+        let (from, mut hub) = pair().await;
+        let pipe = Pipe::counted(&BUDGET, 256 * 1024).unwrap();
+        segment(&mut hub, &[1; 1000]).await;
+        socket2::SockRef::from(&hub).send_out_of_band(b"!").unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        segment(&mut hub, &[2; 1000]).await;
+        from.readable().await.unwrap();
+        let mut moved = 0;
+        let err = loop {
+            match pipe.fill(&from, 1 << 20) {
+                Ok(0) => panic!("a splice at the mark read as the end"),
+                Ok(n) => moved += n,
+                Err(err) => break err,
+            }
+        };
+        assert_eq!(moved, 1000, "a splice stops at the mark");
+        assert_eq!(err.kind(), io::ErrorKind::ResourceBusy, "{err}");
+        // A read at once returns what follows the urgent byte.
+        assert_eq!(read_at_once(from).await, [2; 1000]);
     }
 
     #[test]
