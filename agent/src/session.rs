@@ -524,6 +524,11 @@ impl Reader {
             for &id in &expired {
                 st.abort_stream(id);
             }
+            if splice::pipes_open() > 0 {
+                for entry in st.streams.values_mut() {
+                    entry.release_idle_pipe(now);
+                }
+            }
         }
         if !expired.is_empty() {
             tracing::debug!(hub = %self.params.hub, lane = self.params.lane, streams = expired.len(), "idle streams reset");
@@ -658,7 +663,7 @@ impl Reader {
                 Some(event) => self.on_event(now, &mut st, event),
                 None => {
                     if let Some(entry) = st.streams.get_mut(&id) {
-                        let written = entry.deliver_piped(&pipe, n);
+                        let written = entry.deliver_piped(now, &pipe, n);
                         if written > 0 {
                             st.session.consumed(now, id, written);
                         }

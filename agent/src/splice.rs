@@ -32,6 +32,10 @@ use tokio::net::TcpStream;
 /// ([`fit_to_open_files`]).
 pub(crate) const MAX_PIPES: usize = 256;
 
+/// How long a stream keeps an empty pipe it has not used: a quiet stream gives its place
+/// back, and gets a pipe again with its next large payload.
+pub(crate) const PIPE_IDLE_MS: u64 = 5_000;
+
 /// The smallest DATA payload worth moving by splice: below it, the two extra system calls
 /// cost more than the copies they save.
 pub(crate) const SPLICE_MIN: usize = 16 * 1024;
@@ -52,7 +56,6 @@ impl PipeBudget {
     }
 
     /// Pipes open now.
-    #[cfg(test)]
     fn open(&self) -> usize {
         self.open.load(Ordering::Relaxed)
     }
@@ -72,6 +75,11 @@ impl PipeBudget {
 
 /// The process's pipes.
 static PIPES: PipeBudget = PipeBudget::new(MAX_PIPES);
+
+/// Pipes open now in the process.
+pub(crate) fn pipes_open() -> usize {
+    PIPES.open()
+}
 
 /// Caps the process's pipes at an eighth of its open-file limit (each takes two descriptors),
 /// so that a low limit leaves most descriptors to sockets, and at [`MAX_PIPES`]. Returns the

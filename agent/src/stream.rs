@@ -17,13 +17,14 @@ use std::time::Duration;
 
 use nowconnect_core::config::TargetAddr;
 use nowconnect_core::frame::{RstCode, RstReason, StreamId};
+use nowconnect_core::time::Millis;
 use tokio::net::TcpStream;
 use tokio::sync::{Notify, mpsc};
 use tokio::task::AbortHandle;
 
 use crate::clock;
 use crate::session::Link;
-use crate::splice::Pipe;
+use crate::splice::{PIPE_IDLE_MS, Pipe};
 
 /// The largest read from a target socket; DATA frames are also bounded by `max_frame`.
 const READ_BUF: usize = 64 * 1024;
@@ -66,6 +67,8 @@ pub(crate) struct StreamEntry {
     queued: bool,
     /// The pipe large DATA payloads go through, once the stream has one.
     pipe: PipeState,
+    /// When bytes last went into the pipe.
+    piped_at: Millis,
 }
 
 /// Whether a stream moves large payloads through a pipe.
@@ -89,6 +92,7 @@ impl StreamEntry {
             target: None,
             queued: false,
             pipe: PipeState::Untried,
+            piped_at: Millis::ZERO,
         };
         (entry, rx)
     }
@@ -122,7 +126,8 @@ impl StreamEntry {
     /// what the target takes at once when nothing waits before them, and leaves the rest to
     /// the writer task. Returns how many bytes reached the target here; the caller returns
     /// their credit (the writer task does for the rest).
-    pub(crate) fn deliver_piped(&mut self, pipe: &Arc<Pipe>, len: usize) -> usize {
+    pub(crate) fn deliver_piped(&mut self, now: Millis, pipe: &Arc<Pipe>, len: usize) -> usize {
+        self.piped_at = now;
         let mut written = 0;
         if !self.queued
             && let Some(target) = &self.target
@@ -137,6 +142,18 @@ impl StreamEntry {
                 .send(ToTarget::Piped(Arc::clone(pipe), len - written));
         }
         written
+    }
+
+    /// Closes the stream's pipe when it is empty (nothing queued) and has not been used for
+    /// [`PIPE_IDLE_MS`], so that quiet streams do not hold the process's pipes. Returns
+    /// whether it did.
+    pub(crate) fn release_idle_pipe(&mut self, now: Millis) -> bool {
+        let idle = now.saturating_since(self.piped_at) >= PIPE_IDLE_MS;
+        if self.queued || !idle || !self.has_pipe() {
+            return false;
+        }
+        self.pipe = PipeState::Untried;
+        true
     }
 
     /// Hands the hub's bytes to the target: writes what the socket takes at once when nothing
@@ -627,7 +644,7 @@ pub(crate) mod tests {
 
         // Nothing queued: piped bytes go straight on.
         fill(b"spliced").await;
-        assert_eq!(entry.deliver_piped(&pipe, 7), 7);
+        assert_eq!(entry.deliver_piped(Millis(1_000), &pipe, 7), 7);
         assert!(rx.try_recv().is_err());
 
         // The target's socket fills up: the rest of a chunk is queued.
@@ -651,10 +668,21 @@ pub(crate) mod tests {
         }
         entry.target.as_ref().unwrap().writable().await.unwrap();
         fill(b"more").await;
-        assert_eq!(entry.deliver_piped(&pipe, 4), 0);
+        assert_eq!(entry.deliver_piped(Millis(2_000), &pipe, 4), 0);
         assert_eq!(entry.deliver(b"later"), 0);
         assert!(matches!(rx.try_recv(), Ok(ToTarget::Piped(_, 4))));
         assert!(matches!(rx.try_recv(), Ok(ToTarget::Data(b)) if b == b"later"));
+
+        // A pipe that may hold bytes is never closed, however long it sat.
+        assert!(!entry.release_idle_pipe(Millis(60_000)));
+        assert!(entry.has_pipe());
+        // Once the writer task caught up, a quiet stream gives its pipe back, and gets a new
+        // one with its next large payload.
+        entry.queued = false;
+        assert!(!entry.release_idle_pipe(Millis(2_000 + PIPE_IDLE_MS - 1)));
+        assert!(entry.release_idle_pipe(Millis(2_000 + PIPE_IDLE_MS)));
+        assert!(!entry.has_pipe());
+        assert!(entry.pipe(256 * 1024).is_some());
     }
 
     #[tokio::test]
