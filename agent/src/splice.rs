@@ -16,8 +16,10 @@
 //! than the stream's remaining credit. Every call here is non-blocking.
 //!
 //! Pipes cost two file descriptors each and kernel memory the system limits per user, so the
-//! agent opens at most [`MAX_PIPES`] at once, and only pipes that hold a whole window; other
-//! streams stay on buffers.
+//! agent opens at most [`MAX_PIPES`] at once (fewer under a low open-file limit), only pipes
+//! that hold a whole window, and closes a stream's pipe once it has sat empty for
+//! [`PIPE_IDLE_MS`]; streams without one stay on buffers. How the reader finds where payloads
+//! begin is described on the session's `Splicer`.
 
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
