@@ -562,6 +562,35 @@ pub(crate) mod tests {
         assert_eq!(err.rst_code(), RstCode::Unreachable);
     }
 
+    /// The size of the chunks [`fill_target`] delivers.
+    const CHUNK: usize = 64 * 1024;
+
+    /// Delivers chunks until the target's socket takes only part of one (or nothing), which
+    /// the entry queues; returns the bytes the socket took.
+    fn fill_target(entry: &mut StreamEntry) -> usize {
+        let chunk = vec![7u8; CHUNK];
+        let mut written = 0;
+        loop {
+            let n = entry.deliver(&chunk);
+            written += n;
+            if n < chunk.len() {
+                return written;
+            }
+        }
+    }
+
+    /// Reads `len` bytes at the target's end, `peer`, then waits until the entry's target
+    /// socket has room again.
+    async fn drain_target(peer: &TcpStream, entry: &StreamEntry, len: usize) {
+        let mut buf = vec![0u8; 1 << 20];
+        let mut drained = 0;
+        while drained < len {
+            peer.readable().await.unwrap();
+            drained += peer.try_read(&mut buf).unwrap_or(0);
+        }
+        entry.target.as_ref().unwrap().writable().await.unwrap();
+    }
+
     /// A connected pair on loopback: ours, and the peer's end.
     pub(crate) async fn pair() -> (TcpStream, TcpStream) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -584,29 +613,15 @@ pub(crate) mod tests {
         entry.target = Some(Arc::new(ours));
         assert_eq!(entry.deliver(b"direct"), 6);
         // Fill the socket until it takes only part of a chunk or nothing.
-        let chunk = vec![7u8; 64 * 1024];
-        let mut written = 0;
-        loop {
-            let n = entry.deliver(&chunk);
-            written += n;
-            if n < chunk.len() {
-                break;
-            }
-        }
+        let written = fill_target(&mut entry);
         assert!(entry.queued);
         let Ok(ToTarget::Data(rest)) = rx.try_recv() else {
             panic!("the rest of the chunk was not queued");
         };
-        assert_eq!(written % chunk.len() + rest.len(), chunk.len());
+        assert_eq!(written % CHUNK + rest.len(), CHUNK);
         // The peer drains everything: the socket has room, but the queue is not empty, so
         // later bytes must wait behind it.
-        let mut buf = vec![0u8; 1 << 20];
-        let mut drained = 0;
-        while drained < 6 + written {
-            peer.readable().await.unwrap();
-            drained += peer.try_read(&mut buf).unwrap_or(0);
-        }
-        entry.target.as_ref().unwrap().writable().await.unwrap();
+        drain_target(&peer, &entry, 6 + written).await;
         assert_eq!(
             entry.deliver(b"later"),
             0,
@@ -648,25 +663,11 @@ pub(crate) mod tests {
         assert!(rx.try_recv().is_err());
 
         // The target's socket fills up: the rest of a chunk is queued.
-        let chunk = vec![7u8; 64 * 1024];
-        let mut written = 7;
-        loop {
-            let n = entry.deliver(&chunk);
-            written += n;
-            if n < chunk.len() {
-                break;
-            }
-        }
+        let written = 7 + fill_target(&mut entry);
         assert!(matches!(rx.try_recv(), Ok(ToTarget::Data(_))));
         // The target reads everything written: the socket has room again, but piped bytes
         // must wait behind the queued ones, and later bytes behind them.
-        let mut buf = vec![0u8; 1 << 20];
-        let mut drained = 0;
-        while drained < written {
-            peer.readable().await.unwrap();
-            drained += peer.try_read(&mut buf).unwrap_or(0);
-        }
-        entry.target.as_ref().unwrap().writable().await.unwrap();
+        drain_target(&peer, &entry, written).await;
         fill(b"more").await;
         assert_eq!(entry.deliver_piped(Millis(2_000), &pipe, 4), 0);
         assert_eq!(entry.deliver(b"later"), 0);
