@@ -62,10 +62,11 @@ pub(crate) fn push_frames(dst: &mut Vec<u8>, frames: &[u8]) {
     }
 }
 
-/// Masks `frames` in place as the payloads of binary messages cut like [`push_frames`] cuts
-/// them, appending each message's header to `headers`; `parts` gets, per message, the range
-/// of its header in `headers` and of its payload in `frames`. Sending those slices in order
-/// puts the same bytes on the wire as [`push_frames`], without copying the payloads.
+/// Masks `frames` in place as the payloads of binary messages of at most [`MAX_MESSAGE`] bytes,
+/// cut only between frames (a longer frame gets a message of its own), appending each
+/// message's header to `headers`; `parts` gets, per message, the range of its header in
+/// `headers` and of its payload in `frames`. Sending those slices in order puts the messages
+/// on the wire without copying the payloads.
 pub(crate) fn mask_messages(
     frames: &mut [u8],
     headers: &mut Vec<u8>,
@@ -106,7 +107,8 @@ pub(crate) fn message_ranges(
     })
 }
 
-/// The message range starting at `start` (see [`message_ranges`]), if any bytes are left.
+/// The range from `start` of at most `limit` bytes that holds whole frames (a single longer
+/// frame gets a range of its own), if any bytes are left.
 fn next_message(frames: &[u8], start: usize, limit: usize) -> Option<Range<usize>> {
     if start >= frames.len() {
         return None;

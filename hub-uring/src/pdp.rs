@@ -1,10 +1,10 @@
 //! The policy decision point client: may this agent serve this connector?
 //!
-//! Shards ask on each client connection, before the stream opens ([`Pdp::decide`]). An allow
+//! Shards ask on each client connection, before the stream opens (`Pdp::decide`). An allow
 //! still fresh in the cache answers at once. Otherwise the question goes through a bounded
 //! channel to a worker on the control-plane thread, which makes the HTTP request, and the
 //! client's task (only that one) waits for the answer; other streams and shards go on. When
-//! an agent's session starts, [`Pdp::prewarm`] asks about all its connectors in one batch so
+//! an agent's session starts, `Pdp::prewarm` asks about all its connectors in one batch so
 //! that its first clients find the cache warm.
 //!
 //! Only allow decisions are cached (`pdp.cache_ttl_ms`; a legacy answer's `ttl_sec` may

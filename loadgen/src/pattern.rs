@@ -10,7 +10,7 @@ use std::sync::OnceLock;
 /// The pattern's period in bytes.
 pub(crate) const PERIOD: usize = 251;
 
-/// The largest slice [`slice`] hands out at once.
+/// The largest slice [`slice()`] hands out at once.
 pub(crate) const MAX_SLICE: usize = 64 * 1024;
 
 /// The expected byte at stream offset `offset`.

@@ -3,7 +3,7 @@
 //! - `echo` writes every byte back; when the client half-closes, it half-closes too.
 //! - `sink` reads and counts; when the client half-closes, it writes the count as an 8-byte
 //!   big-endian integer and closes, so an upload measures bytes that really arrived.
-//! - `source` writes the [`pattern`](crate::pattern) without end, until the client goes away.
+//! - `source` writes the [`pattern`] without end, until the client goes away.
 //! - `rr` reads requests of a fixed size and answers each with a reply of a fixed size (the
 //!   pattern), like a small RPC server; it half-closes when the client does.
 

@@ -302,7 +302,7 @@ pub fn access_token_hash(token: &str) -> String {
 
 /// The RFC 7638 thumbprint of a public JWK: base64url SHA-256 of the JSON object of its
 /// required members, in lexicographic order, without white space. The members were checked
-/// by [`public_key`]; they are written through the JSON encoder all the same.
+/// by `public_key`; they are written through the JSON encoder all the same.
 pub fn thumbprint(jwk: &Map<String, Value>) -> Result<String, &'static str> {
     let member = |name: &str| match jwk.get(name) {
         Some(value @ Value::String(_)) => Ok(value.to_string()),

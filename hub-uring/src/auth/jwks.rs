@@ -654,7 +654,8 @@ impl Source {
         self.fetch_with_max_age().await.map(|(text, _)| text)
     }
 
-    /// [`Source::fetch`], with the `Cache-Control: max-age` of an HTTP response.
+    /// Reads the whole document, refusing more than [`MAX_JWKS_BYTES`], with the
+    /// `Cache-Control: max-age` of an HTTP response.
     pub(super) async fn fetch_with_max_age(
         &self,
     ) -> Result<(String, Option<Duration>), FetchError> {

@@ -321,7 +321,7 @@ impl Refusal {
 /// Validates agents' upgrade requests against the JWKS and the configured audience and
 /// issuer. Cheap to clone; shared by every shard.
 ///
-/// [`verify`](Self::verify) runs on any executor: it reads the shared key set and, for an
+/// `verify` runs on any executor: it reads the shared key set and, for an
 /// unknown `kid`, only awaits the refresher's answer on a channel.
 #[derive(Clone)]
 pub struct Authenticator {
