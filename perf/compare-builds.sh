@@ -6,9 +6,11 @@
 # measurement. Prints a Markdown table of the medians over the rounds and of each build's
 # figures relative to the first build's.
 #
-# Usage: perf/compare-builds.sh [--rounds N] [--seconds S] [--driver D] NAME=DIR...
+# Usage: perf/compare-builds.sh [--rounds N] [--seconds S] [--driver D] NAME=DIR[,OPTION...]...
 #   DIR holds nowconnect-hub and nowconnect-agent, for instance a copy of target/release
-#   taken at each commit compared. nowconnect-loadgen is taken from target/release.
+#   taken at each commit compared. nowconnect-loadgen is taken from target/release. Options
+#   after the directory go to that build's `nowconnect-loadgen stack`, so one build can be
+#   compared under two settings: base=target/release big=target/release,--stream-window-bytes=1048576
 #
 # Builds alternate within every round, so that the machine's other load, which moves
 # absolute figures by tens of percent from minute to minute here, falls on all of them alike.
@@ -23,7 +25,7 @@ while [[ $# -gt 0 ]]; do
     --rounds) ROUNDS=$2; shift 2 ;;
     --seconds) SECONDS_EACH=$2; shift 2 ;;
     --driver) DRIVER=$2; shift 2 ;;
-    -h | --help) sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h | --help) sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *=*) BUILDS+=("$1"); shift ;;
     *) echo "compare-builds: unexpected argument $1 (see --help)" >&2; exit 2 ;;
     esac
@@ -53,10 +55,12 @@ sleep 0.3
 
 # One measurement: NAME ROUND SCENARIO ARGS... against a fresh stack of build NAME.
 measure() {
-    local name=$1 dir=$2 round=$3 scenario=$4
+    local name=$1 spec=$2 round=$3 scenario=$4
     shift 4
-    local out=$WORK/stack-$name-$round-$scenario.out stack line hub agent addr h0 a0
-    "$LOADGEN" stack --bin-dir "$dir" --driver "$DRIVER" --target "echo=$ECHO" >"$out" 2>"$out.log" &
+    local out=$WORK/stack-$name-$round-$scenario.out stack line hub agent addr h0 a0 dir opts
+    IFS=, read -r -a opts <<<"$spec"
+    dir=${opts[0]}
+    "$LOADGEN" stack --bin-dir "$dir" --driver "$DRIVER" --target "echo=$ECHO" "${opts[@]:1}" >"$out" 2>"$out.log" &
     stack=$!
     for _ in $(seq 100); do [[ -s $out ]] && break; sleep 0.1; done
     line=$(head -1 "$out")
