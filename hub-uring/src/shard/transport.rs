@@ -611,6 +611,58 @@ mod tests {
         });
     }
 
+    /// Waits until `socket` holds at least `len` bytes, without taking them.
+    fn wait_for_bytes(socket: &std::net::TcpStream, len: usize) {
+        let mut peeked = vec![0u8; len];
+        for _ in 0..5000 {
+            if matches!(socket.peek(&mut peeked), Ok(n) if n >= len) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        panic!("{len} bytes never arrived");
+    }
+
+    /// Reads that find bytes waiting never pass through the runtime: a session whose agent
+    /// keeps its socket full would hold the shard's thread for as long as the flow lasts, and
+    /// the shard's other tasks (its own writer among them) would starve. Each read here finds
+    /// bytes waiting; exactly every `READS_PER_YIELD`-th must return to the runtime once.
+    #[test]
+    fn a_reader_that_always_finds_bytes_returns_to_the_runtime_every_so_many_reads() {
+        use std::task::{Context, Poll, Waker};
+        on_each_driver(|rt| {
+            let (accepted, mut peer) = pair();
+            let probe = accepted.try_clone().unwrap();
+            rt.block_on(async {
+                let mut conn = Conn::plain(TcpStream::from_std(accepted).unwrap());
+                let mut cx = Context::from_waker(Waker::noop());
+                let mut buf = Vec::new();
+                let mut yielded = Vec::new();
+                for i in 1..=3 * READS_PER_YIELD {
+                    let chunk = vec![i as u8; 100];
+                    peer.write_all(&chunk).unwrap();
+                    wait_for_bytes(&probe, chunk.len());
+                    let mut read = std::pin::pin!(conn.read(std::mem::take(&mut buf)));
+                    let (result, bytes) = match read.as_mut().poll(&mut cx) {
+                        Poll::Ready(done) => done,
+                        Poll::Pending => {
+                            yielded.push(i);
+                            match read.as_mut().poll(&mut cx) {
+                                Poll::Ready(done) => done,
+                                Poll::Pending => panic!("read {i} waits with bytes waiting"),
+                            }
+                        }
+                    };
+                    result.unwrap();
+                    assert_eq!(bytes, chunk, "read {i}");
+                    buf = bytes;
+                }
+                let every = READS_PER_YIELD;
+                assert_eq!(yielded, [every, 2 * every, 3 * every]);
+            });
+        });
+    }
+
     #[test]
     fn receive_some_waits_for_bytes_and_reads_the_end_as_zero() {
         on_each_driver(|rt| {
