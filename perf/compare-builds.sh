@@ -53,7 +53,8 @@ ECHO=127.0.0.1:$(free_port)
 PIDS+=($!)
 sleep 0.3
 
-# One measurement: NAME ROUND SCENARIO ARGS... against a fresh stack of build NAME.
+# One measurement: NAME DIR[,OPTION...] ROUND SCENARIO ARGS... against a fresh stack of build
+# NAME.
 measure() {
     local name=$1 spec=$2 round=$3 scenario=$4
     shift 4

@@ -321,8 +321,8 @@ impl Refusal {
 /// Validates agents' upgrade requests against the JWKS and the configured audience and
 /// issuer. Cheap to clone; shared by every shard.
 ///
-/// `verify` runs on any executor: it reads the shared key set and, for an
-/// unknown `kid`, only awaits the refresher's answer on a channel.
+/// `verify` runs on any executor: it reads the shared key set and, for an unknown `kid`, only
+/// awaits the refresher's answer on a channel.
 #[derive(Clone)]
 pub struct Authenticator {
     inner: Arc<Inner>,
