@@ -92,6 +92,15 @@ impl Link {
     pub(crate) fn flush(&self) {
         self.wake_writer.notify_one();
     }
+
+    /// Lets go of the lock, then wakes the writer if frames wait to be sent.
+    pub(crate) fn unlock_and_flush(&self, st: MutexGuard<'_, Shared>) {
+        let queued = !st.session.transmit().is_empty() || !st.control.is_empty();
+        drop(st);
+        if queued {
+            self.flush();
+        }
+    }
 }
 
 impl Shared {
@@ -672,11 +681,7 @@ impl Reader {
             }
             Ok::<(), End>(())
         })();
-        let queued = !st.session.transmit().is_empty() || !st.control.is_empty();
-        drop(st);
-        if queued {
-            link.flush();
-        }
+        link.unlock_and_flush(st);
         result
     }
 
@@ -685,11 +690,7 @@ impl Reader {
         let link = Arc::clone(&self.link);
         let mut st = link.lock();
         let result = self.process_locked(now, input, &mut st);
-        let queued = !st.session.transmit().is_empty() || !st.control.is_empty();
-        drop(st);
-        if queued {
-            link.flush();
-        }
+        link.unlock_and_flush(st);
         result
     }
 

@@ -457,19 +457,14 @@ async fn to_target(
 /// session's reader write directly again once nothing else is queued.
 fn written_out(link: &Link, id: StreamId, rx: &mpsc::UnboundedReceiver<ToTarget>, len: usize) {
     let now = clock::now();
-    let queued = {
-        let mut st = link.lock();
-        st.session.consumed(now, id, len);
-        if rx.is_empty()
-            && let Some(entry) = st.streams.get_mut(&id)
-        {
-            entry.queued = false;
-        }
-        !st.session.transmit().is_empty()
-    };
-    if queued {
-        link.flush();
+    let mut st = link.lock();
+    st.session.consumed(now, id, len);
+    if rx.is_empty()
+        && let Some(entry) = st.streams.get_mut(&id)
+    {
+        entry.queued = false;
     }
+    link.unlock_and_flush(st);
 }
 
 /// Writes all of `bytes` to `socket`, waiting for room as needed.
