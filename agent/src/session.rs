@@ -564,9 +564,9 @@ impl Reader {
         }
         let ws_left = self.decoder.unmasked_binary_left();
         if ws_left > 0
-            && let Some((id, data_left)) = self.frames.data_left()
+            && let Some((id, left)) = payload_run(ws_left, &self.frames)
         {
-            let left = usize::try_from(ws_left.min(u64::from(data_left))).unwrap_or(usize::MAX);
+            let left = usize::try_from(left).unwrap_or(usize::MAX);
             let mut st = self.link.lock();
             if left >= SPLICE_MIN || sp.current == Some(id) {
                 if let Some((_, credit)) = spliceable(&mut st, id, sp.window) {
@@ -842,9 +842,9 @@ impl Reader {
 
 /// Where in `ahead`, the bytes that follow what `decoder` and `frames` have seen, the next DATA
 /// payload of at least [`SPLICE_MIN`] bytes begins, and its stream: the bytes before it are
-/// headers and small frames. `None` when none begins there, or when the bytes are invalid (a read then decodes
-/// them and reports the error). Copies of the decoders do the looking; the real ones see the
-/// bytes when they are read.
+/// headers and small frames. `None` when none begins there, or when the bytes are invalid (a
+/// read then decodes them and reports the error). Copies of the decoders do the looking; the
+/// real ones see the bytes when they are read.
 fn large_payload_at(
     decoder: &ws::Decoder,
     frames: &FrameDecoder,
@@ -861,8 +861,8 @@ fn large_payload_at(
             while off < data.len() {
                 // Payload left in this WebSocket frame from here on.
                 let ws_left = ws.unmasked_binary_left() + (data.len() - off) as u64;
-                if let Some((id, data_left)) = frames.data_left()
-                    && ws_left.min(u64::from(data_left)) >= SPLICE_MIN as u64
+                if let Some((id, left)) = payload_run(ws_left, &frames)
+                    && left >= SPLICE_MIN as u64
                 {
                     return (start + off > 0).then_some((start + off, id));
                 }
@@ -873,8 +873,8 @@ fn large_payload_at(
                 frames.end_of_message().ok()?;
             }
             // A large payload whose first byte is the first after this piece.
-            if let Some((id, data_left)) = frames.data_left()
-                && ws.unmasked_binary_left().min(u64::from(data_left)) >= SPLICE_MIN as u64
+            if let Some((id, left)) = payload_run(ws.unmasked_binary_left(), &frames)
+                && left >= SPLICE_MIN as u64
             {
                 return Some((pos + n, id));
             }
@@ -882,6 +882,14 @@ fn large_payload_at(
         pos += n;
     }
     None
+}
+
+/// The stream of the DATA frame `frames` is in, and how many of its payload bytes come next
+/// with no header between them: the lesser of what is left of the frame and of the WebSocket
+/// frame carrying it (`ws_left`).
+fn payload_run(ws_left: u64, frames: &FrameDecoder) -> Option<(StreamId, u64)> {
+    let (id, data_left) = frames.data_left()?;
+    Some((id, ws_left.min(u64::from(data_left))))
 }
 
 /// The pipe and remaining credit of a stream whose payload may be spliced now: one the core
