@@ -62,8 +62,8 @@ use crate::throughput::Direction;
 /// A first run, in three shells:
 ///
 ///   nowconnect-loadgen target echo --listen 127.0.0.1:7000
-///   nowconnect-loadgen stack --target echo=127.0.0.1:7000     (prints the hub listener)
-///   nowconnect-loadgen throughput --addr <listener> --streams 8 --seconds 5
+///   nowconnect-loadgen stack --target echo=127.0.0.1:7000     (prints LISTENER, the hub's)
+///   nowconnect-loadgen throughput --addr LISTENER --streams 8 --seconds 5
 ///
 /// and the same throughput with --addr 127.0.0.1:7000 for the direct baseline. `demo` does all
 /// of that in one command; `tune` picks a shard count and driver for this host.
